@@ -1,0 +1,272 @@
+//! `Filter.N.Name` / `Filter.N.Value.M` matching, with EC2's `*` and `?` wildcards.
+
+use super::error::{ApiError, ApiResult};
+use super::*;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+/// Glob match with `*` (any run) and `?` (one character).
+pub fn glob(pattern: &str, s: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = s.chars().collect();
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(sp) = star {
+            pi = sp + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// The values a resource has for a filter name; `None` when the name is not a filter of this
+/// resource kind.
+pub type Extract<'a, T> = &'a dyn Fn(&T, &str) -> Option<Vec<String>>;
+
+/// Keeps the items that match every filter (values within one filter are OR-ed).
+pub fn apply<T>(items: Vec<T>, filters: &[Filter], extract: Extract<'_, T>) -> ApiResult<Vec<T>> {
+    if let Some(first) = items.first() {
+        for f in filters {
+            if extract(first, &f.name).is_none() {
+                return Err(ApiError::invalid_param(format!(
+                    "The filter '{}' is invalid",
+                    f.name
+                )));
+            }
+        }
+    }
+    Ok(items
+        .into_iter()
+        .filter(|it| {
+            filters.iter().all(|f| {
+                let have = extract(it, &f.name).unwrap_or_default();
+                f.values
+                    .iter()
+                    .any(|want| have.iter().any(|h| glob(want, h)))
+            })
+        })
+        .collect())
+}
+
+fn tag_values(tags: &Tags, name: &str) -> Option<Option<Vec<String>>> {
+    if let Some(k) = name.strip_prefix("tag:") {
+        return Some(Some(tags.get(k).cloned().into_iter().collect()));
+    }
+    if name == "tag-key" {
+        return Some(Some(tags.keys().cloned().collect()));
+    }
+    if name == "tag-value" {
+        return Some(Some(tags.values().cloned().collect()));
+    }
+    None
+}
+
+fn one(s: impl ToString) -> Option<Vec<String>> {
+    Some(vec![s.to_string()])
+}
+
+pub fn eni(e: &Eni, name: &str) -> Option<Vec<String>> {
+    if let Some(t) = tag_values(&e.tags, name) {
+        return t;
+    }
+    let a = e.attachment.as_ref();
+    match name {
+        "network-interface-id" => one(&e.id),
+        "subnet-id" => one(&e.subnet_id),
+        "vpc-id" => one(&e.vpc_id),
+        "availability-zone" => one(&e.az),
+        "description" => one(&e.description),
+        "status" => one(e.status()),
+        "mac-address" => one(&e.mac),
+        "group-id" => Some(e.groups.clone()),
+        "private-ip-address" | "addresses.private-ip-address" => {
+            Some(e.private_ips.iter().map(|i| i.to_string()).collect())
+        }
+        "ipv4-prefix" => Some(e.prefixes.iter().map(|p| p.to_string()).collect()),
+        "source-dest-check" => one(e.source_dest_check),
+        "requester-managed" => one(e.requester_managed),
+        "interface-type" => one("interface"),
+        "owner-id" => one("123456789012"),
+        "attachment.instance-id" => Some(a.map(|a| a.instance_id.clone()).into_iter().collect()),
+        "attachment.attachment-id" => Some(a.map(|a| a.id.clone()).into_iter().collect()),
+        "attachment.device-index" => {
+            Some(a.map(|a| a.device_index.to_string()).into_iter().collect())
+        }
+        "attachment.network-card-index" => Some(
+            a.map(|a| a.network_card_index.to_string())
+                .into_iter()
+                .collect(),
+        ),
+        "attachment.status" => Some(a.map(|a| a.state.name().to_string()).into_iter().collect()),
+        "attachment.delete-on-termination" => Some(
+            a.map(|a| a.delete_on_termination.to_string())
+                .into_iter()
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+pub fn volume(v: &Volume, name: &str) -> Option<Vec<String>> {
+    if let Some(t) = tag_values(&v.tags, name) {
+        return t;
+    }
+    let atts = || v.attachments.iter();
+    match name {
+        "volume-id" => one(&v.id),
+        "status" => one(v.state.name()),
+        "availability-zone" => one(&v.az),
+        "volume-type" => one(&v.spec.volume_type),
+        "size" => one(v.spec.size_gib),
+        "snapshot-id" => Some(v.snapshot_id.clone().into_iter().collect()),
+        "encrypted" => one(v.encrypted),
+        "multi-attach-enabled" => one(v.multi_attach),
+        "attachment.instance-id" => Some(atts().map(|a| a.instance_id.clone()).collect()),
+        "attachment.device" => Some(atts().map(|a| a.device.clone()).collect()),
+        "attachment.status" => Some(atts().map(|a| a.state.name().to_string()).collect()),
+        "attachment.delete-on-termination" => Some(
+            atts()
+                .map(|a| a.delete_on_termination.to_string())
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+pub fn snapshot(s: &Snapshot, name: &str) -> Option<Vec<String>> {
+    if let Some(t) = tag_values(&s.tags, name) {
+        return t;
+    }
+    match name {
+        "snapshot-id" => one(&s.id),
+        "volume-id" => one(&s.volume_id),
+        "status" => one(s.state_name()),
+        "owner-id" => one("123456789012"),
+        "volume-size" => one(s.size_gib),
+        "description" => one(&s.description),
+        "encrypted" => one(s.encrypted),
+        _ => None,
+    }
+}
+
+pub fn modification(m: &Modification, name: &str) -> Option<Vec<String>> {
+    match name {
+        "volume-id" => one(&m.volume_id),
+        "modification-state" => one(m.state.name()),
+        "target-size" => one(m.target.size_gib),
+        "target-volume-type" => one(&m.target.volume_type),
+        "original-size" => one(m.original.size_gib),
+        "original-volume-type" => one(&m.original.volume_type),
+        _ => None,
+    }
+}
+
+/// Instance filters need the ENIs (network-interface.*), so they take the simulation.
+pub fn instance(sim: &Sim) -> impl Fn(&Instance, &str) -> Option<Vec<String>> + '_ {
+    move |i, name| {
+        if let Some(t) = tag_values(&i.tags, name) {
+            return t;
+        }
+        let enis = || sim.enis.values().filter(|e| e.attached_to(&i.id));
+        match name {
+            "instance-id" => one(&i.id),
+            "instance-type" => one(&i.instance_type),
+            "instance-state-name" => one(i.state.name()),
+            "availability-zone" => one(&i.az),
+            "subnet-id" => one(&i.subnet_id),
+            "vpc-id" => one(&i.vpc_id),
+            "private-ip-address" => one(i.private_ip),
+            "image-id" => one(&i.image_id),
+            "network-interface.network-interface-id" => {
+                Some(enis().map(|e| e.id.clone()).collect())
+            }
+            "network-interface.addresses.private-ip-address" => Some(
+                enis()
+                    .flat_map(|e| e.private_ips.iter().map(|x| x.to_string()))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+pub fn subnet(s: &Subnet, name: &str) -> Option<Vec<String>> {
+    if let Some(t) = tag_values(&s.tags, name) {
+        return t;
+    }
+    match name {
+        "subnet-id" => one(&s.id),
+        "vpc-id" => one(&s.vpc_id),
+        "availability-zone" => one(&s.az),
+        "availability-zone-id" => one(&s.az_id),
+        "cidr-block" | "cidr" => one(s.cidr),
+        "state" => one("available"),
+        "default-for-az" => one(false),
+        _ => None,
+    }
+}
+
+pub fn vpc(v: &Vpc, name: &str) -> Option<Vec<String>> {
+    if let Some(t) = tag_values(&v.tags, name) {
+        return t;
+    }
+    match name {
+        "vpc-id" => one(&v.id),
+        "cidr" | "cidr-block-association.cidr-block" => one(v.cidr),
+        "state" => one("available"),
+        "is-default" => one(false),
+        _ => None,
+    }
+}
+
+pub fn security_group(g: &SecurityGroup, name: &str) -> Option<Vec<String>> {
+    if let Some(t) = tag_values(&g.tags, name) {
+        return t;
+    }
+    match name {
+        "group-id" => one(&g.id),
+        "group-name" => one(&g.name),
+        "vpc-id" => one(&g.vpc_id),
+        "description" => one(&g.description),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs() {
+        let cases = [
+            ("m5.*", "m5.large", true),
+            ("m5.*", "m6i.large", false),
+            ("*", "", true),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*large", "m5.xlarge", true),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+        ];
+        for (p, s, want) in cases {
+            assert_eq!(glob(p, s), want, "{p} vs {s}");
+        }
+    }
+}
