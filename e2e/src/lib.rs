@@ -8,4 +8,5 @@
 //! itself (all recorded under its state directory so `vpcsim down` can remove them), and no
 //! traffic leaves the namespaces it made. nodewire's daemons must not depend on this crate.
 
+pub mod api;
 pub mod sim;
