@@ -9,4 +9,6 @@
 //! traffic leaves the namespaces it made. nodewire's daemons must not depend on this crate.
 
 pub mod api;
+pub mod client;
+pub mod node;
 pub mod sim;

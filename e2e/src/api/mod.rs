@@ -80,6 +80,9 @@ pub struct Shared {
     /// Returns the fabric's source/destination-check drop count.
     pub fabric_drops: Mutex<Option<Box<dyn Fn() -> u64 + Send>>>,
     request_seq: AtomicU64,
+    /// Events handed to the node side so far, and how many it has applied.
+    sent: AtomicU64,
+    pub applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -102,6 +105,8 @@ impl Shared {
             imds_v1,
             fabric_drops: Mutex::new(None),
             request_seq: AtomicU64::new(1),
+            sent: AtomicU64::new(0),
+            applied: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -118,9 +123,27 @@ impl Shared {
         let mut sim = self.sim();
         sim.advance(now);
         for e in sim.drain_events() {
-            let _ = self.events.send(e);
+            self.emit(e);
         }
         sim.next_due()
+    }
+
+    /// Hands an event to the node side.
+    pub fn emit(&self, e: Event) {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        if self.events.send(e).is_err() {
+            // No node side (pure API use): count it as applied.
+            self.applied.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Waits until the node side has applied every event emitted so far (links plugged,
+    /// routes synced, devices exposed), after ending every in-progress state that is due.
+    pub async fn settle(&self) {
+        self.tick(Instant::now());
+        let target = self.sent.load(Ordering::SeqCst);
+        let mut rx = self.applied.subscribe();
+        let _ = rx.wait_for(|n| *n >= target).await;
     }
 
     fn request_id(&self) -> String {
@@ -216,10 +239,11 @@ async fn ec2_handler(
     } else {
         let mut sim = shared.sim();
         let r = actions::dispatch(&mut sim, now, &action, &p);
-        for e in sim.drain_events() {
-            let _ = shared.events.send(e);
-        }
+        let events = sim.drain_events();
         drop(sim);
+        for e in events {
+            shared.emit(e);
+        }
         shared.wake.notify_one();
         r
     };
