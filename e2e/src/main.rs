@@ -167,13 +167,14 @@ async fn up(a: UpArgs) -> Result<()> {
         imds_v1: a.imds_v1,
         zone: a.zone,
     };
+    // Handlers first: a supervisor may signal as soon as it has read the JSON line.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let sim = Vpcsim::start(opts)
         .await
         .context("bringing the simulation up")?;
     println!("{}", serde_json::to_string(&sim.info)?);
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}

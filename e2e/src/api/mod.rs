@@ -155,6 +155,73 @@ impl Shared {
     }
 }
 
+/// Keeps time moving: ends in-progress states when they are due, even when nobody calls the API.
+pub fn spawn_ticker(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match shared.tick(Instant::now()) {
+                Some(t) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(t.into()) => {}
+                        _ = shared.wake.notified() => {}
+                    }
+                }
+                None => shared.wake.notified().await,
+            }
+        }
+    })
+}
+
+/// An EC2 endpoint without a node side (no namespaces, no hot-plug), on the host's loopback.
+/// For API-level tests and the contract suite. Returns the endpoint URL and the admin URL.
+pub struct ApiOnly {
+    pub endpoint: String,
+    pub admin_url: String,
+    pub shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ApiOnly {
+    pub async fn start(cfg: crate::sim::SimConfig) -> std::io::Result<ApiOnly> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        drop(rx);
+        let seed = cfg.seed;
+        let shared = Shared::new(Sim::new(cfg, Instant::now()), tx, seed, false);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let a = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", l.local_addr()?);
+        let admin_url = format!("http://{}", a.local_addr()?);
+        let tasks = vec![
+            serve(l, ec2_router(shared.clone(), None)),
+            serve(a, admin_router(shared.clone())),
+            spawn_ticker(shared.clone()),
+        ];
+        Ok(ApiOnly {
+            endpoint,
+            admin_url,
+            shared,
+            tasks,
+        })
+    }
+}
+
+impl Drop for ApiOnly {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Serves a router on a listener until aborted.
+pub fn serve(l: tokio::net::TcpListener, r: Router) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(l, r).await {
+            tracing::error!(error = %e, "server stopped");
+        }
+    })
+}
+
 /// The EC2 endpoint's router; `caller` is the instance whose namespace the listener lives in.
 pub fn ec2_router(shared: Arc<Shared>, caller: Option<String>) -> Router {
     Router::new()

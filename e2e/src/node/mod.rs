@@ -5,7 +5,7 @@ pub mod blockdev;
 pub mod fabric;
 pub mod netns;
 
-use crate::api::{self, Shared};
+use crate::api::{self, Shared, serve};
 use crate::sim::{Event, Sim, SimConfig, Timing, net::RunInstance};
 use blockdev::Store;
 use fabric::Fabric;
@@ -520,22 +520,7 @@ impl Vpcsim {
                 applied.applied.send_modify(|n| *n += 1);
             }
         }));
-        // The ticker ends in-progress states on time even when nobody calls the API.
-        let ticker = shared.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let next = ticker.tick(Instant::now());
-                match next {
-                    Some(t) => {
-                        tokio::select! {
-                            _ = tokio::time::sleep_until(t.into()) => {}
-                            _ = ticker.wake.notified() => {}
-                        }
-                    }
-                    None => ticker.wake.notified().await,
-                }
-            }
-        }));
+        tasks.push(api::spawn_ticker(shared.clone()));
 
         let info = UpInfo {
             ec2_endpoint: format!("http://{METADATA_IP}:{EC2_PORT}"),
@@ -602,12 +587,4 @@ impl Drop for SimGuard {
             let _ = down(&self.dir);
         }
     }
-}
-
-fn serve(l: tokio::net::TcpListener, r: axum::Router) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(l, r).await {
-            tracing::error!(error = %e, "server stopped");
-        }
-    })
 }

@@ -1,0 +1,105 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use e2e::node::{Options, Vpcsim, netns};
+use e2e::sim::Timing;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Brings up a simulation in a fresh state directory.
+pub async fn up(nodes: usize, timing: Timing) -> (Vpcsim, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = Options {
+        nodes,
+        instance_type: "m5.large".into(),
+        state_dir: dir.path().join("state"),
+        timing,
+        seed: 7,
+        imds_v1: false,
+        zone: None,
+    };
+    let sim = Vpcsim::start(opts).await.expect("vpcsim up");
+    (sim, dir)
+}
+
+/// Fast but non-zero transitions: callers must poll, as on EC2.
+pub fn quick() -> Timing {
+    Timing {
+        attach_ms: 50,
+        detach_ms: 50,
+        create_ms: 30,
+        modify_ms: 50,
+        snapshot_ms: 50,
+        imds_lag_ms: 100,
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns` with its own current-thread runtime, so every
+/// socket it opens (the SDK's included) lives in that namespace.
+pub async fn in_netns<F, Fut, T>(ns: &str, f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let ns = ns.to_string();
+    tokio::task::spawn_blocking(move || {
+        netns::run_in(&ns, move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(f())
+        })
+        .expect("entering the namespace")
+    })
+    .await
+    .expect("netns task")
+}
+
+/// An EC2 client without SDK retries, so each error arrives as sent.
+pub fn ec2(endpoint: &str) -> Client {
+    nodewire_aws::ec2::client_for_endpoint(endpoint, "us-east-1", 1)
+}
+
+/// Polls `probe` until it yields `Some`, as an EC2 client waits out an in-progress state.
+pub async fn wait_for<T, Fut: Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> Fut,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn code<E: ProvideErrorMetadata>(e: &E) -> String {
+    e.code().unwrap_or("<none>").to_string()
+}
+
+/// Links in a namespace as (name, MAC).
+pub fn links(ns: &str) -> Vec<(String, String)> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(": ").nth(1)?.split('@').next()?.to_string();
+            let mac = l
+                .split("link/ether ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some((name, mac))
+        })
+        .collect()
+}
