@@ -1,1 +1,5 @@
-fn main() {}
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure().compile_protos(&["proto/ipam.proto"], &["proto"])?;
+    Ok(())
+}

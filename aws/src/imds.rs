@@ -12,7 +12,7 @@ pub enum Error {
     Request {
         path: String,
         #[source]
-        source: ImdsError,
+        source: Box<ImdsError>,
     },
 }
 
@@ -50,7 +50,10 @@ impl Imds {
         match self.client.get(full.clone()).await {
             Ok(v) => Ok(Some(v.into())),
             Err(ImdsError::ErrorResponse(r)) if r.response().status().as_u16() == 404 => Ok(None),
-            Err(source) => Err(Error::Request { path: full, source }),
+            Err(source) => Err(Error::Request {
+                path: full,
+                source: Box::new(source),
+            }),
         }
     }
 

@@ -1,1 +1,38 @@
+//! Protobuf contracts and their generated gRPC code (tonic 0.14 / prost).
+//!
+//! Owns: `ipam.proto`, the ipamd <-> vpc-cni contract. The CSI specification's `csi.proto`
+//! joins it with the EBS CSI driver.
+//!
+//! Must not touch: any behaviour. Only generated types and service stubs live here, so every
+//! binary links the same wire format.
 
+/// ipamd <-> vpc-cni.
+pub mod ipam {
+    tonic::include_proto!("nodewire.ipam.v1");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ipam::*;
+    use prost::Message;
+
+    #[test]
+    fn messages_round_trip() {
+        let req = AddRequest {
+            key: Some(AttachmentKey {
+                network_name: "aws-cni".into(),
+                container_id: "abc".into(),
+                ifname: "eth0".into(),
+            }),
+            pod: Some(PodRef {
+                namespace: "default".into(),
+                name: "web".into(),
+                ..Default::default()
+            }),
+            netns: "/var/run/netns/cni-1".into(),
+            host_ifname: "eni0123456789a".into(),
+        };
+        let bytes = req.encode_to_vec();
+        assert_eq!(AddRequest::decode(bytes.as_slice()).expect("decode"), req);
+    }
+}

@@ -113,7 +113,7 @@ impl Params {
     }
 
     /// `TagSpecification.N.ResourceType` + `TagSpecification.N.Tag.M.{Key,Value}`.
-    pub fn tag_specs(&self) -> ApiResult<Vec<(String, Vec<(String, String)>)>> {
+    pub fn tag_specs(&self) -> ApiResult<Vec<crate::sim::TagSpec>> {
         self.indices("TagSpecification")
             .into_iter()
             .map(|n| {

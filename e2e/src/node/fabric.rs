@@ -48,6 +48,17 @@ async fn set_up(h: &Handle, index: u32) -> io::Result<()> {
         .map_err(|e| nl("link up", e))
 }
 
+/// What [`Fabric::plug`] wires.
+pub struct Plug<'a> {
+    pub eni_id: &'a str,
+    pub fabric_if: &'a str,
+    pub node_ns: &'a str,
+    pub node_if: &'a str,
+    pub mac: &'a str,
+    pub primary: Ipv4Addr,
+    pub owned: BTreeSet<Ipv4Net>,
+}
+
 struct Plugged {
     link: String,
     index: u32,
@@ -96,16 +107,16 @@ impl Fabric {
 
     /// Plugs an ENI into a node: a veth pair whose node end (`node_if`, the ENI's MAC, MTU 9001)
     /// is created directly in the node namespace, and routes for everything the ENI owns.
-    pub async fn plug(
-        &mut self,
-        eni_id: &str,
-        fabric_if: &str,
-        node_ns: &str,
-        node_if: &str,
-        mac: &str,
-        primary: Ipv4Addr,
-        owned: BTreeSet<Ipv4Net>,
-    ) -> io::Result<()> {
+    pub async fn plug(&mut self, p: Plug<'_>) -> io::Result<()> {
+        let Plug {
+            eni_id,
+            fabric_if,
+            node_ns,
+            node_if,
+            mac,
+            primary,
+            owned,
+        } = p;
         let ns = std::fs::File::open(netns::path(node_ns))?;
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(node_if.to_string())

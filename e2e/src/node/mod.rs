@@ -8,7 +8,7 @@ pub mod netns;
 use crate::api::{self, Shared, serve};
 use crate::sim::{Event, Sim, SimConfig, Timing, net::RunInstance};
 use blockdev::Store;
-use fabric::Fabric;
+use fabric::{Fabric, Plug};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -234,7 +234,15 @@ impl Worker {
                 };
                 let ns = node.netns.clone();
                 self.fabric
-                    .plug(&eni_id, &fabric_if, &ns, &node_if, &mac, primary, owned)
+                    .plug(Plug {
+                        eni_id: &eni_id,
+                        fabric_if: &fabric_if,
+                        node_ns: &ns,
+                        node_if: &node_if,
+                        mac: &mac,
+                        primary,
+                        owned,
+                    })
                     .await
             }
             Event::EniDetached { eni_id, .. } => self.fabric.unplug(&eni_id).await,
@@ -461,15 +469,15 @@ impl Vpcsim {
             let idx = worker.nodes[&n.instance_id].index;
             worker
                 .fabric
-                .plug(
-                    &n.eni_id,
-                    &format!("n{idx}c0d0"),
-                    &n.netns,
-                    "eth0",
-                    &n.mac,
+                .plug(Plug {
+                    eni_id: &n.eni_id,
+                    fabric_if: &format!("n{idx}c0d0"),
+                    node_ns: &n.netns,
+                    node_if: "eth0",
+                    mac: &n.mac,
                     primary,
                     owned,
-                )
+                })
                 .await
                 .ctx(format!("plugging eth0 into {}", n.name))?;
             fabric::configure_primary(

@@ -210,10 +210,10 @@ impl Sim {
             r.dry_run = false;
             format!("{r:?}")
         };
-        if let Some(id) = self.check_token(req.client_token.as_deref(), &fingerprint)? {
-            if !req.dry_run {
-                return Ok(id);
-            }
+        if let Some(id) = self.check_token(req.client_token.as_deref(), &fingerprint)?
+            && !req.dry_run
+        {
+            return Ok(id);
         }
         let az = req
             .az
@@ -524,16 +524,16 @@ impl Sim {
                 format!("Volume '{volume_id}' is still being created"),
             ));
         }
-        if let Some(m) = self.modifications.get(volume_id).and_then(|ms| ms.last()) {
-            if m.state != ModState::Completed {
-                return Err(ApiError::new(
-                    "VolumeModificationRateExceeded",
-                    format!(
-                        "A modification of volume {volume_id} is still in progress ({}).",
-                        m.state.name()
-                    ),
-                ));
-            }
+        if let Some(m) = self.modifications.get(volume_id).and_then(|ms| ms.last())
+            && m.state != ModState::Completed
+        {
+            return Err(ApiError::new(
+                "VolumeModificationRateExceeded",
+                format!(
+                    "A modification of volume {volume_id} is still in progress ({}).",
+                    m.state.name()
+                ),
+            ));
         }
         if size.is_none() && volume_type.is_none() && iops.is_none() && throughput.is_none() {
             return Err(ApiError::missing("Size, VolumeType, Iops or Throughput"));

@@ -20,6 +20,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+/// One `TagSpecification`: resource type and its tags.
+pub type TagSpec = (String, Vec<(String, String)>);
+
 /// The world a simulation starts with.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -187,11 +190,7 @@ impl Sim {
 
     /// Ends every in-progress state due at or before `now`, oldest first, emitting events.
     pub fn advance(&mut self, now: Instant) {
-        loop {
-            let Some(due) = self.next_due() else { break };
-            if due > now {
-                break;
-            }
+        while let Some(due) = self.next_due().filter(|d| *d <= now) {
             self.complete_due(due);
         }
         self.refresh_imds(now);
@@ -638,10 +637,7 @@ fn validate_tag_key(k: &str) -> ApiResult<()> {
 
 /// Applies one `TagSpecification` list for `resource_type` (others are ignored, as EC2 does for
 /// types the action does not create) and validates the keys.
-pub(crate) fn tags_for(
-    specs: &[(String, Vec<(String, String)>)],
-    resource_type: &str,
-) -> ApiResult<Tags> {
+pub(crate) fn tags_for(specs: &[TagSpec], resource_type: &str) -> ApiResult<Tags> {
     let mut out = Tags::new();
     for (rt, tags) in specs {
         if rt != resource_type {

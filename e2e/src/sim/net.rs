@@ -643,7 +643,7 @@ impl Sim {
         if a.device_index == 0 && a.network_card_index == 0 {
             return Err(ApiError::new(
                 "OperationNotPermitted",
-                format!("The network interface at device index 0 cannot be detached."),
+                "The network interface at device index 0 cannot be detached.",
             ));
         }
         if a.state == AttachState::Detaching {

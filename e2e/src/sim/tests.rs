@@ -487,6 +487,7 @@ fn vol(s: &mut Sim, now: Instant, size: u32, t: &str) -> String {
 }
 
 #[test]
+#[allow(clippy::type_complexity)]
 fn volume_type_limits() {
     use super::ebs::validate_spec;
     let cases: &[(
@@ -538,7 +539,7 @@ fn volume_type_limits() {
             .map_err(|e| e.code);
         assert_eq!(
             got,
-            want.clone().map_err(String::from),
+            (*want).map_err(String::from),
             "{size} GiB {t} iops={iops:?} tp={tp:?}"
         );
     }
@@ -856,7 +857,7 @@ fn tags_and_filters() {
     let e = eni(&mut s, now, 0, 0);
     let e2 = eni(&mut s, now, 0, 0);
     s.create_tags(
-        &[e.clone()],
+        std::slice::from_ref(&e),
         &[("node.k8s.amazonaws.com/instance_id".into(), "i-1".into())],
     )
     .expect("tag");
@@ -884,7 +885,7 @@ fn tags_and_filters() {
     .expect_err("unknown filter");
     assert_eq!(err.code, "InvalidParameterValue");
     s.delete_tags(
-        &[e.clone()],
+        std::slice::from_ref(&e),
         &[(
             "node.k8s.amazonaws.com/instance_id".into(),
             Some("other".into()),
@@ -897,7 +898,7 @@ fn tags_and_filters() {
         "value mismatch keeps the tag"
     );
     s.delete_tags(
-        &[e.clone()],
+        std::slice::from_ref(&e),
         &[("node.k8s.amazonaws.com/instance_id".into(), None)],
     )
     .expect("delete");

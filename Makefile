@@ -1,0 +1,59 @@
+# nodewire — top-level commands. Needs root (network namespaces, loop devices) on Debian 12.
+#   make demo   bring up a 2-node simulated VPC, show metadata and an ENI hot-plug, tear down
+#   make test   everything CI runs: fmt, clippy, unit, kernel and e2e tests, moto contract suite
+#   make bench  every benchmark (bench-* targets)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TARGET_DIR ?= /var/tmp/nodewire-target
+VENV := .venv
+MOTO_VERSION := 5.2.5
+VPCSIM := $(CARGO_TARGET_DIR)/debug/vpcsim
+
+# Benchmarks register themselves here (bench-cni, bench-ipamd, …) as they are added.
+BENCH_TARGETS :=
+
+.PHONY: all build test fmt-check clippy unit venv demo bench deps leftovers clean-sim
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+$(VENV)/bin/moto_server:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check moto==$(MOTO_VERSION) flask flask-cors
+
+venv: $(VENV)/bin/moto_server
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: venv
+	$(CARGO) test --workspace --no-fail-fast
+
+test: deps fmt-check clippy
+	@bash scripts/check-leftovers.sh snapshot
+	@status=0; $(MAKE) --no-print-directory unit || status=$$?; \
+	  bash scripts/check-leftovers.sh verify || status=1; exit $$status
+
+demo: deps
+	$(CARGO) build -p e2e --bin vpcsim
+	bash scripts/demo.sh $(VPCSIM)
+
+bench:
+ifeq ($(strip $(BENCH_TARGETS)),)
+	@echo "no benchmarks yet: bench-* targets arrive with ipamd, vpc-cni and ebs-csi"
+else
+	$(MAKE) $(BENCH_TARGETS)
+endif
+
+# Remove a simulation left behind by a crashed `vpcsim up` (default state directory).
+clean-sim:
+	$(VPCSIM) down --state-dir /var/run/vpcsim

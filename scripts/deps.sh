@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks for building and testing nodewire.
+set -euo pipefail
+pkgs=(protobuf-compiler iproute2 util-linux e2fsprogs python3-venv jq curl)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing packages ${missing[*]}; run as root (apt-get install)" >&2
+    exit 1
+  fi
+  echo "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [[ $(id -u) -ne 0 ]]; then
+  echo "nodewire's tests and demo need root (network namespaces, loop devices)" >&2
+  exit 1
+fi
+command -v cargo >/dev/null || { echo "cargo not found (rustup toolchain 1.95+ required)" >&2; exit 1; }
