@@ -10,7 +10,7 @@ mod common;
 
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::{Filter, InstanceType, ResourceType, Tag, TagSpecification, VolumeType};
-use common::{code, wait_for};
+use common::{code, vol_state, wait_eni, wait_for, wait_volume};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -86,31 +86,6 @@ async fn eni_ips(ec2: &Client, id: &str) -> Vec<String> {
         .iter()
         .filter_map(|a| a.private_ip_address().map(String::from))
         .collect()
-}
-
-async fn eni_status(ec2: &Client, id: &str) -> Option<String> {
-    let d = ec2
-        .describe_network_interfaces()
-        .network_interface_ids(id)
-        .send()
-        .await
-        .ok()?;
-    d.network_interfaces()[0]
-        .status()
-        .map(|s| s.as_str().to_string())
-}
-
-async fn vol_state(ec2: &Client, id: &str) -> Option<(String, Option<String>, i32)> {
-    let d = ec2.describe_volumes().volume_ids(id).send().await.ok()?;
-    let v = &d.volumes()[0];
-    Some((
-        v.state()?.as_str().to_string(),
-        v.attachments()
-            .first()
-            .and_then(|a| a.state())
-            .map(|s| s.as_str().to_string()),
-        v.size()?,
-    ))
 }
 
 /// The shared body: everything below must hold on both emulators.
@@ -302,10 +277,7 @@ async fn contract(ec2: Client, subnet: String, az: String, target: &str) {
         .await
         .expect("AttachNetworkInterface");
     let att_id = att.attachment_id().expect("attachment").to_string();
-    wait_for("in-use", || async {
-        (eni_status(&ec2, &eid).await? == "in-use").then_some(())
-    })
-    .await;
+    wait_eni(&ec2, &eid, "in-use").await;
     let on = ec2
         .describe_network_interfaces()
         .filters(
@@ -415,10 +387,7 @@ async fn contract(ec2: Client, subnet: String, az: String, target: &str) {
         .send()
         .await
         .expect("detach");
-    wait_for("available", || async {
-        (eni_status(&ec2, &eid).await? == "available").then_some(())
-    })
-    .await;
+    wait_eni(&ec2, &eid, "available").await;
     ec2.delete_network_interface()
         .network_interface_id(&eid)
         .send()
@@ -460,10 +429,7 @@ async fn contract(ec2: Client, subnet: String, az: String, target: &str) {
         (Some(10), Some(3000), Some(false)),
         "{target}"
     );
-    wait_for("volume available", || async {
-        (vol_state(&ec2, &vid).await?.0 == "available").then_some(())
-    })
-    .await;
+    wait_volume(&ec2, &vid, "volume available", |s| s.0 == "available").await;
     let d = ec2
         .describe_volumes()
         .filters(
@@ -492,8 +458,8 @@ async fn contract(ec2: Client, subnet: String, az: String, target: &str) {
         .await
         .expect("AttachVolume");
     assert_eq!(a.device(), Some("/dev/xvdba"), "{target}");
-    wait_for("attached", || async {
-        (vol_state(&ec2, &vid).await?.1.as_deref() == Some("attached")).then_some(())
+    wait_volume(&ec2, &vid, "attached", |s| {
+        s.1.as_deref() == Some("attached")
     })
     .await;
     assert_eq!(
@@ -532,10 +498,7 @@ async fn contract(ec2: Client, subnet: String, az: String, target: &str) {
         .send()
         .await
         .expect("DetachVolume");
-    wait_for("detached", || async {
-        (vol_state(&ec2, &vid).await?.0 == "available").then_some(())
-    })
-    .await;
+    wait_volume(&ec2, &vid, "detached", |s| s.0 == "available").await;
 
     ec2.modify_volume()
         .volume_id(&vid)
@@ -543,10 +506,7 @@ async fn contract(ec2: Client, subnet: String, az: String, target: &str) {
         .send()
         .await
         .expect("ModifyVolume");
-    wait_for("grown", || async {
-        (vol_state(&ec2, &vid).await?.2 == 20).then_some(())
-    })
-    .await;
+    wait_volume(&ec2, &vid, "grown", |s| s.2 == 20).await;
     let m = ec2
         .describe_volumes_modifications()
         .volume_ids(&vid)
@@ -608,10 +568,7 @@ async fn contract(ec2: Client, subnet: String, az: String, target: &str) {
         (Some(20), Some(sid.as_str())),
         "{target}"
     );
-    wait_for("restored available", || async {
-        (vol_state(&ec2, &rid).await?.0 == "available").then_some(())
-    })
-    .await;
+    wait_volume(&ec2, &rid, "restored available", |s| s.0 == "available").await;
 
     ec2.delete_snapshot()
         .snapshot_id(&sid)

@@ -97,21 +97,7 @@ async fn eni_hotplug_seen_through_the_sdk_imds_and_the_kernel() {
             d.network_interfaces()[0].status().map(|s| s.as_str()),
             Some("attaching")
         );
-        wait_for("ENI in-use", || {
-            let ec2 = ec2.clone();
-            let eni_id = eni_id.clone();
-            async move {
-                let d = ec2
-                    .describe_network_interfaces()
-                    .network_interface_ids(&eni_id)
-                    .send()
-                    .await
-                    .ok()?;
-                (d.network_interfaces()[0].status().map(|s| s.as_str()) == Some("in-use"))
-                    .then_some(())
-            }
-        })
-        .await;
+        wait_eni(&ec2, &eni_id, "in-use").await;
         ec2.modify_network_interface_attribute()
             .network_interface_id(&eni_id)
             .attachment(
@@ -265,21 +251,7 @@ async fn eni_hotplug_seen_through_the_sdk_imds_and_the_kernel() {
         .send()
         .await
         .expect("detach");
-    wait_for("ENI available", || {
-        let ec2 = ec2h.clone();
-        let id = eni_id.clone();
-        async move {
-            let d = ec2
-                .describe_network_interfaces()
-                .network_interface_ids(&id)
-                .send()
-                .await
-                .ok()?;
-            (d.network_interfaces()[0].status().map(|s| s.as_str()) == Some("available"))
-                .then_some(())
-        }
-    })
-    .await;
+    wait_eni(&ec2h, &eni_id, "available").await;
     sim.settle().await;
     assert!(
         !links(&ns).iter().any(|(n, _)| n == "eth1"),
@@ -429,24 +401,7 @@ async fn volumes_hotplug_keep_data_grow_and_snapshot() {
         Some(vid.as_str()),
         "ClientToken idempotency"
     );
-    let state = |id: String| {
-        let ec2 = ec2.clone();
-        async move {
-            let d = ec2.describe_volumes().volume_ids(id).send().await.ok()?;
-            let v = d.volumes()[0].clone();
-            Some((
-                v.state().map(|s| s.as_str().to_string())?,
-                v.attachments()
-                    .first()
-                    .and_then(|a| a.state().map(|s| s.as_str().to_string())),
-            ))
-        }
-    };
-    wait_for("volume available", || {
-        let f = state(vid.clone());
-        async move { (f.await?.0 == "available").then_some(()) }
-    })
-    .await;
+    wait_volume(&ec2, &vid, "volume available", |s| s.0 == "available").await;
     let attach = |inst: String| {
         ec2.attach_volume()
             .volume_id(&vid)
@@ -457,9 +412,8 @@ async fn volumes_hotplug_keep_data_grow_and_snapshot() {
     attach(n1.instance_id.clone())
         .await
         .expect("attach to node1");
-    wait_for("attached", || {
-        let f = state(vid.clone());
-        async move { (f.await?.1.as_deref() == Some("attached")).then_some(()) }
+    wait_volume(&ec2, &vid, "attached", |s| {
+        s.1.as_deref() == Some("attached")
     })
     .await;
     sim.settle().await;
@@ -502,11 +456,7 @@ async fn volumes_hotplug_keep_data_grow_and_snapshot() {
         .send()
         .await
         .expect("detach");
-    wait_for("available after detach", || {
-        let f = state(vid.clone());
-        async move { (f.await?.0 == "available").then_some(()) }
-    })
-    .await;
+    wait_volume(&ec2, &vid, "available after detach", |s| s.0 == "available").await;
     sim.settle().await;
     assert!(
         !n1.device_dir.join(&by_id).exists(),
@@ -517,9 +467,8 @@ async fn volumes_hotplug_keep_data_grow_and_snapshot() {
     attach(n2.instance_id.clone())
         .await
         .expect("attach to node2");
-    wait_for("attached to node2", || {
-        let f = state(vid.clone());
-        async move { (f.await?.1.as_deref() == Some("attached")).then_some(()) }
+    wait_volume(&ec2, &vid, "attached to node2", |s| {
+        s.1.as_deref() == Some("attached")
     })
     .await;
     sim.settle().await;
@@ -609,11 +558,7 @@ async fn volumes_hotplug_keep_data_grow_and_snapshot() {
         .expect("from snapshot");
     let rid = restored.volume_id().expect("id").to_string();
     assert_eq!(restored.size(), Some(2));
-    wait_for("restored available", || {
-        let f = state(rid.clone());
-        async move { (f.await?.0 == "available").then_some(()) }
-    })
-    .await;
+    wait_volume(&ec2, &rid, "restored available", |s| s.0 == "available").await;
     ec2.attach_volume()
         .volume_id(&rid)
         .instance_id(&n1.instance_id)
@@ -621,9 +566,8 @@ async fn volumes_hotplug_keep_data_grow_and_snapshot() {
         .send()
         .await
         .expect("attach restored");
-    wait_for("restored attached", || {
-        let f = state(rid.clone());
-        async move { (f.await?.1.as_deref() == Some("attached")).then_some(()) }
+    wait_volume(&ec2, &rid, "restored attached", |s| {
+        s.1.as_deref() == Some("attached")
     })
     .await;
     sim.settle().await;

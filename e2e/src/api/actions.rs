@@ -60,9 +60,14 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
     match action {
         "DescribeAvailabilityZones" => describe_azs(sim, p, &mut x)?,
         "DescribeVpcs" => {
-            let items = select(vec![sim.vpc.clone()], &p.list("VpcId"), |v| &v.id, "vpc")?;
-            let items = filter::apply(items, &p.filters()?, &filter::vpc)?;
-            x.set("vpcSet", items, |x, v| {
+            let d = Describe {
+                ids: "VpcId",
+                kind: "vpc",
+                set: "vpcSet",
+                bounds: (5, 1000),
+                id: |v: &Vpc| &v.id,
+            };
+            describe(&mut x, p, vec![sim.vpc.clone()], d, &filter::vpc, |x, v| {
                 x.leaf("vpcId", &v.id)
                     .leaf("state", "available")
                     .leaf("cidrBlock", v.cidr)
@@ -75,54 +80,54 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
                     .leaf("instanceTenancy", "default")
                     .leaf("isDefault", false)
                     .tags(&v.tags);
-            });
+            })?;
         }
         "DescribeSubnets" => {
-            let items = select(
+            let d = Describe {
+                ids: "SubnetId",
+                kind: "subnet",
+                set: "subnetSet",
+                bounds: (5, 1000),
+                id: |s: &Subnet| &s.id,
+            };
+            describe(
+                &mut x,
+                p,
                 sim.subnets.values().cloned().collect(),
-                &p.list("SubnetId"),
-                |s| &s.id,
-                "subnet",
+                d,
+                &filter::subnet,
+                |x, s| {
+                    x.leaf("subnetId", &s.id)
+                        .leaf("state", "available")
+                        .leaf("vpcId", &s.vpc_id)
+                        .leaf("cidrBlock", s.cidr)
+                        .leaf("availableIpAddressCount", s.available())
+                        .leaf("availabilityZone", &s.az)
+                        .leaf("availabilityZoneId", &s.az_id)
+                        .leaf("defaultForAz", false)
+                        .leaf("mapPublicIpOnLaunch", false)
+                        .leaf("ownerId", &sim.cfg.account_id)
+                        .tags(&s.tags);
+                },
             )?;
-            let items = filter::apply(items, &p.filters()?, &filter::subnet)?;
-            let (items, next) = page(
-                items,
-                |s| &s.id,
-                p.num("MaxResults")?,
-                p.get("NextToken"),
-                (5, 1000),
-            )?;
-            x.set("subnetSet", items, |x, s| {
-                x.leaf("subnetId", &s.id)
-                    .leaf("state", "available")
-                    .leaf("vpcId", &s.vpc_id)
-                    .leaf("cidrBlock", s.cidr)
-                    .leaf("availableIpAddressCount", s.available())
-                    .leaf("availabilityZone", &s.az)
-                    .leaf("availabilityZoneId", &s.az_id)
-                    .leaf("defaultForAz", false)
-                    .leaf("mapPublicIpOnLaunch", false)
-                    .leaf("ownerId", &sim.cfg.account_id)
-                    .tags(&s.tags);
-            });
-            x.opt("nextToken", next);
         }
         "DescribeSecurityGroups" => {
-            let items = select(
-                sim.security_groups.values().cloned().collect(),
-                &p.list("GroupId"),
-                |g| &g.id,
-                "sg",
-            )?;
-            let items = filter::apply(items, &p.filters()?, &filter::security_group)?;
-            x.set("securityGroupInfo", items, |x, g| {
+            let d = Describe {
+                ids: "GroupId",
+                kind: "sg",
+                set: "securityGroupInfo",
+                bounds: (5, 1000),
+                id: |g: &SecurityGroup| &g.id,
+            };
+            let items = sim.security_groups.values().cloned().collect();
+            describe(&mut x, p, items, d, &filter::security_group, |x, g| {
                 x.leaf("ownerId", &sim.cfg.account_id)
                     .leaf("groupId", &g.id)
                     .leaf("groupName", &g.name)
                     .leaf("groupDescription", &g.description)
                     .leaf("vpcId", &g.vpc_id)
                     .tags(&g.tags);
-            });
+            })?;
         }
         "DescribeInstanceTypes" => describe_instance_types(p, &mut x)?,
         "RunInstances" => run_instances(sim, now, p, &mut x)?,
@@ -151,29 +156,20 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
             });
         }
         "DescribeInstances" => {
-            let ids = p.list("InstanceId");
-            no_ids_with_max(&ids, p)?;
-            let items = select(
-                sim.instances.values().cloned().collect(),
-                &ids,
-                |i| &i.id,
-                "instance",
-            )?;
-            let items = filter::apply(items, &p.filters()?, &filter::instance(sim))?;
-            let (items, next) = page(
-                items,
-                |i| &i.id,
-                p.num("MaxResults")?,
-                p.get("NextToken"),
-                (5, 1000),
-            )?;
-            x.set("reservationSet", items, |x, i| {
+            let d = Describe {
+                ids: "InstanceId",
+                kind: "instance",
+                set: "reservationSet",
+                bounds: (5, 1000),
+                id: |i: &Instance| &i.id,
+            };
+            let items = sim.instances.values().cloned().collect();
+            describe(&mut x, p, items, d, &filter::instance(sim), |x, i| {
                 x.leaf("reservationId", format!("r-{}", &i.id[2..]))
                     .leaf("ownerId", &sim.cfg.account_id)
                     .node("groupSet", |_| {})
                     .set("instancesSet", [&i], |x, i| instance_xml(sim, x, i));
-            });
-            x.opt("nextToken", next);
+            })?;
         }
         "CreateNetworkInterface" => {
             let mut explicit: Vec<(Ipv4Addr, bool)> = Vec::new();
@@ -208,7 +204,7 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
                 tags: tags_for(&p.tag_specs()?, "network-interface")?,
                 client_token: p.get("ClientToken").map(String::from),
             };
-            let id = sim.create_eni(now, req)?;
+            let id = sim.create_eni(req)?;
             let eni = sim.eni(&id)?.clone();
             x.node("networkInterface", |x| eni_xml(sim, x, &eni));
             x.opt("clientToken", p.get("ClientToken"));
@@ -256,19 +252,21 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
             x.leaf("return", true);
         }
         "DescribeNetworkInterfaces" => {
-            let ids = p.list("NetworkInterfaceId");
-            no_ids_with_max(&ids, p)?;
-            let items = select(sim.enis.values().cloned().collect(), &ids, |e| &e.id, "eni")?;
-            let items = filter::apply(items, &p.filters()?, &filter::eni)?;
-            let (items, next) = page(
-                items,
-                |e| &e.id,
-                p.num("MaxResults")?,
-                p.get("NextToken"),
-                (5, 1000),
+            let d = Describe {
+                ids: "NetworkInterfaceId",
+                kind: "eni",
+                set: "networkInterfaceSet",
+                bounds: (5, 1000),
+                id: |e: &Eni| &e.id,
+            };
+            describe(
+                &mut x,
+                p,
+                sim.enis.values().cloned().collect(),
+                d,
+                &filter::eni,
+                |x, e| eni_xml(sim, x, &e),
             )?;
-            x.set("networkInterfaceSet", items, |x, e| eni_xml(sim, x, &e));
-            x.opt("nextToken", next);
         }
         "AssignPrivateIpAddresses" => {
             let ips = p
@@ -372,24 +370,21 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
             attachment_xml(&mut x, &r);
         }
         "DescribeVolumes" => {
-            let ids = p.list("VolumeId");
-            no_ids_with_max(&ids, p)?;
-            let items = select(
+            let d = Describe {
+                ids: "VolumeId",
+                kind: "volume",
+                set: "volumeSet",
+                bounds: (5, 500),
+                id: |v: &Volume| &v.id,
+            };
+            describe(
+                &mut x,
+                p,
                 sim.volumes.values().cloned().collect(),
-                &ids,
-                |v| &v.id,
-                "volume",
+                d,
+                &filter::volume,
+                |x, v| volume_xml(sim, x, &v),
             )?;
-            let items = filter::apply(items, &p.filters()?, &filter::volume)?;
-            let (items, next) = page(
-                items,
-                |v| &v.id,
-                p.num("MaxResults")?,
-                p.get("NextToken"),
-                (5, 500),
-            )?;
-            x.set("volumeSet", items, |x, v| volume_xml(sim, x, &v));
-            x.opt("nextToken", next);
         }
         "ModifyVolume" => {
             let m = sim.modify_volume(
@@ -442,10 +437,7 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
             x.leaf("return", true);
         }
         "DescribeSnapshots" => {
-            let ids = p.list("SnapshotId");
-            no_ids_with_max(&ids, p)?;
-            let owners = p.list("Owner");
-            if owners
+            if p.list("Owner")
                 .iter()
                 .any(|o| o != "self" && o != &sim.cfg.account_id)
             {
@@ -453,26 +445,58 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
                 x.node("snapshotSet", |_| {});
                 return Ok(x.0);
             }
-            let items = select(
-                sim.snapshots.values().cloned().collect(),
-                &ids,
-                |s| &s.id,
-                "snapshot",
-            )?;
-            let items = filter::apply(items, &p.filters()?, &filter::snapshot)?;
-            let (items, next) = page(
-                items,
-                |s| &s.id,
-                p.num("MaxResults")?,
-                p.get("NextToken"),
-                (5, 1000),
-            )?;
-            x.set("snapshotSet", items, |x, s| snapshot_xml(sim, x, &s));
-            x.opt("nextToken", next);
+            let d = Describe {
+                ids: "SnapshotId",
+                kind: "snapshot",
+                set: "snapshotSet",
+                bounds: (5, 1000),
+                id: |s: &Snapshot| &s.id,
+            };
+            let items = sim.snapshots.values().cloned().collect();
+            describe(&mut x, p, items, d, &filter::snapshot, |x, s| {
+                snapshot_xml(sim, x, &s)
+            })?;
         }
         _ => unreachable!("checked against ACTIONS"),
     }
     Ok(x.0)
+}
+
+/// How one Describe action lists a resource kind.
+struct Describe<T> {
+    /// Query parameter naming ids (`VolumeId` for `VolumeId.N`).
+    ids: &'static str,
+    kind: &'static str,
+    /// Element of the reply's list.
+    set: &'static str,
+    /// EC2's MaxResults bounds for the action.
+    bounds: (i64, i64),
+    id: fn(&T) -> &String,
+}
+
+/// The common shape of Describe calls: ids (all must exist), then filters, then paging.
+fn describe<T>(
+    x: &mut Xml,
+    p: &Params,
+    items: Vec<T>,
+    d: Describe<T>,
+    extract: filter::Extract<'_, T>,
+    render: impl FnMut(&mut Xml, T),
+) -> ApiResult<()> {
+    let ids = p.list(d.ids);
+    no_ids_with_max(&ids, p)?;
+    let items = select(items, &ids, d.id, d.kind)?;
+    let items = filter::apply(items, &p.filters()?, extract)?;
+    let (items, next) = page(
+        items,
+        |t| (d.id)(t).as_str(),
+        p.num("MaxResults")?,
+        p.get("NextToken"),
+        d.bounds,
+    )?;
+    x.set(d.set, items, render);
+    x.opt("nextToken", next);
+    Ok(())
 }
 
 /// EC2 refuses MaxResults together with explicit ids.

@@ -254,13 +254,10 @@ mod tests {
     #[test]
     fn paths() {
         let now = Instant::now();
-        let mut s = Sim::new(
-            SimConfig {
-                timing: Timing::zero(),
-                ..SimConfig::default()
-            },
-            now,
-        );
+        let mut s = Sim::new(SimConfig {
+            timing: Timing::zero(),
+            ..SimConfig::default()
+        });
         let i = s
             .run_instance(
                 now,

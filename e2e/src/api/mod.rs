@@ -128,6 +128,16 @@ impl Shared {
         sim.next_due()
     }
 
+    /// Updates one action's counters.
+    fn count(&self, action: &str, f: impl FnOnce(&mut Counter)) {
+        f(self
+            .ctl()
+            .stats
+            .actions
+            .entry(action.to_string())
+            .or_default());
+    }
+
     /// Hands an event to the node side.
     pub fn emit(&self, e: Event) {
         self.sent.fetch_add(1, Ordering::SeqCst);
@@ -186,7 +196,7 @@ impl ApiOnly {
         let (tx, rx) = mpsc::unbounded_channel();
         drop(rx);
         let seed = cfg.seed;
-        let shared = Shared::new(Sim::new(cfg, Instant::now()), tx, seed, false);
+        let shared = Shared::new(Sim::new(cfg), tx, seed, false);
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let a = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", l.local_addr()?);
@@ -278,25 +288,13 @@ async fn ec2_handler(
     }
     let now = Instant::now();
     let result = if !shared.ctl().throttle.admit(class, now) {
-        shared
-            .ctl()
-            .stats
-            .actions
-            .entry(action.clone())
-            .or_default()
-            .throttled += 1;
+        shared.count(&action, |c| c.throttled += 1);
         Err(ApiError::new(
             "RequestLimitExceeded",
             "Request limit exceeded.",
         ))
     } else if let Some(code) = fault {
-        shared
-            .ctl()
-            .stats
-            .actions
-            .entry(action.clone())
-            .or_default()
-            .injected += 1;
+        shared.count(&action, |c| c.injected += 1);
         let msg = match code.as_str() {
             "InternalError" => "An internal error has occurred",
             "Unavailable" => "The server is overloaded and can't handle the request.",
@@ -323,13 +321,7 @@ async fn ec2_handler(
             ([(header::CONTENT_TYPE, "text/xml;charset=UTF-8")], body).into_response()
         }
         Err(e) => {
-            shared
-                .ctl()
-                .stats
-                .actions
-                .entry(action.clone())
-                .or_default()
-                .errors += 1;
+            shared.count(&action, |c| c.errors += 1);
             tracing::debug!(action, code = %e.code, "EC2 error");
             error_response(&e, &rid)
         }

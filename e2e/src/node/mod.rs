@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -146,11 +147,9 @@ pub fn down(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Record::default(),
         Err(e) => return Err(e),
     };
-    if rec.pid != 0 && rec.pid != std::process::id() {
+    if rec.pid != 0 && rec.pid != std::process::id() && is_vpcsim(rec.pid) {
         let pid = nix::unistd::Pid::from_raw(rec.pid as i32);
-        if nix::sys::signal::kill(pid, None).is_ok() {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
     let mut first_err = None;
     for ns in &rec.namespaces {
@@ -176,6 +175,15 @@ pub fn down(dir: &Path) -> io::Result<()> {
         let _ = std::fs::remove_dir(dir);
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// Whether `pid` is a running `vpcsim` (a recorded pid may since belong to another program).
+fn is_vpcsim(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
+        Path::new(std::ffi::OsStr::from_bytes(argv0)).file_name()
+            == Some(std::ffi::OsStr::new("vpcsim"))
+    })
 }
 
 struct NodeSide {
@@ -370,7 +378,7 @@ impl Vpcsim {
             timing: opts.timing,
             ..SimConfig::default()
         };
-        let mut sim = Sim::new(cfg, now);
+        let mut sim = Sim::new(cfg);
         let zone = opts
             .zone
             .clone()

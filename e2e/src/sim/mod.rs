@@ -76,7 +76,7 @@ pub struct Sim {
 }
 
 impl Sim {
-    pub fn new(cfg: SimConfig, now: Instant) -> Self {
+    pub fn new(cfg: SimConfig) -> Self {
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let vpc_id = gen_id(&mut rng, "vpc");
         let vpc = Vpc {
@@ -116,7 +116,6 @@ impl Sim {
                 tags: Tags::new(),
             },
         );
-        let _ = now;
         Sim {
             timing: cfg.timing,
             cfg,
@@ -663,17 +662,15 @@ pub fn page<T>(
 ) -> ApiResult<(Vec<T>, Option<String>)> {
     let mut items = items;
     if let Some(tok) = next_token {
-        let start = items.iter().position(|x| id(x) >= tok);
-        match start {
-            Some(s) => {
-                items.drain(..s);
-            }
-            None if items.is_empty() => {}
-            None => items.clear(),
-        }
         if tok.is_empty() {
             return Err(ApiError::invalid_param("The token '' is invalid"));
         }
+        // Items are sorted by id: the page starts at the first id not below the token.
+        let start = items
+            .iter()
+            .position(|x| id(x) >= tok)
+            .unwrap_or(items.len());
+        items.drain(..start);
     }
     let Some(max) = max_results else {
         return Ok((items, None));

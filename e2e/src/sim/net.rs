@@ -351,7 +351,7 @@ impl Sim {
 
     // ----- ENIs -----------------------------------------------------------------------
 
-    pub fn create_eni(&mut self, now: Instant, req: CreateEni) -> ApiResult<String> {
+    pub fn create_eni(&mut self, req: CreateEni) -> ApiResult<String> {
         let fingerprint = format!(
             "{:?}",
             (
@@ -522,7 +522,6 @@ impl Sim {
             },
         );
         self.remember_token(req.client_token.as_deref(), fingerprint, &id);
-        let _ = now;
         Ok(id)
     }
 
@@ -831,7 +830,6 @@ impl Sim {
             self.check_free_prefix(&eni.subnet_id, *p)?;
         }
         let s = self.subnet(&eni.subnet_id)?.clone();
-        let need = req.count as u64 + 16 * req.prefix_count as u64;
         if req.count as u64 > s.available() {
             return Err(ApiError::new(
                 "InsufficientFreeAddressesInSubnet",
@@ -841,7 +839,6 @@ impl Sim {
                 ),
             ));
         }
-        let _ = need;
         // Reassignment: take explicit IPs away from the ENI that holds them.
         if req.allow_reassignment {
             let holders: Vec<(String, Ipv4Addr)> = self

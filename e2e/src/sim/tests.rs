@@ -8,7 +8,7 @@ fn sim() -> (Sim, Instant) {
         timing: Timing::zero(),
         ..SimConfig::default()
     };
-    (Sim::new(cfg, now), now)
+    (Sim::new(cfg), now)
 }
 
 fn subnet_a(s: &Sim) -> String {
@@ -28,17 +28,14 @@ fn launch(s: &mut Sim, now: Instant, t: &str) -> String {
     .expect("launch")
 }
 
-fn eni(s: &mut Sim, now: Instant, count: u32, prefixes: u32) -> String {
+fn eni(s: &mut Sim, count: u32, prefixes: u32) -> String {
     let sub = subnet_a(s);
-    s.create_eni(
-        now,
-        CreateEni {
-            subnet_id: sub,
-            secondary_count: count,
-            prefix_count: prefixes,
-            ..Default::default()
-        },
-    )
+    s.create_eni(CreateEni {
+        subnet_id: sub,
+        secondary_count: count,
+        prefix_count: prefixes,
+        ..Default::default()
+    })
     .expect("create eni")
 }
 
@@ -74,9 +71,9 @@ fn launch_creates_primary_eni_and_root_volume() {
 fn eni_limit_per_instance_type_and_device_index_uniqueness() {
     let (mut s, now) = sim();
     let i = launch(&mut s, now, "m5.large"); // 3 ENIs
-    let e1 = eni(&mut s, now, 0, 0);
-    let e2 = eni(&mut s, now, 0, 0);
-    let e3 = eni(&mut s, now, 0, 0);
+    let e1 = eni(&mut s, 0, 0);
+    let e2 = eni(&mut s, 0, 0);
+    let e3 = eni(&mut s, 0, 0);
     s.attach_eni(now, &e1, &i, 1, 0).expect("second ENI");
     let err = s
         .attach_eni(now, &e2, &i, 1, 0)
@@ -102,10 +99,10 @@ fn multi_card_type_limits_per_card() {
     let (mut s, now) = sim();
     let i = launch(&mut s, now, "c6in.32xlarge"); // 2 cards × 8
     for d in 1..8 {
-        let e = eni(&mut s, now, 0, 0);
+        let e = eni(&mut s, 0, 0);
         s.attach_eni(now, &e, &i, d, 0).expect("card 0 fills to 8");
     }
-    let e = eni(&mut s, now, 0, 0);
+    let e = eni(&mut s, 0, 0);
     assert_eq!(
         s.attach_eni(now, &e, &i, 8, 0)
             .expect_err("card 0 full")
@@ -114,7 +111,7 @@ fn multi_card_type_limits_per_card() {
     );
     s.attach_eni(now, &e, &i, 0, 1)
         .expect("card 1 has room, device index 0 on card 1 is free");
-    let e = eni(&mut s, now, 0, 0);
+    let e = eni(&mut s, 0, 0);
     assert_eq!(
         s.attach_eni(now, &e, &i, 1, 2).expect_err("no card 2").code,
         "InvalidParameterValue"
@@ -125,7 +122,7 @@ fn multi_card_type_limits_per_card() {
 fn ip_limit_counts_ips_and_prefixes() {
     let (mut s, now) = sim();
     let i = launch(&mut s, now, "t3.medium"); // 6 IPv4 per ENI
-    let e = eni(&mut s, now, 0, 0);
+    let e = eni(&mut s, 0, 0);
     s.attach_eni(now, &e, &i, 1, 0).expect("attach");
     let (ips, _) = s
         .assign_private_ips(
@@ -165,10 +162,10 @@ fn ip_limit_counts_ips_and_prefixes() {
 
 #[test]
 fn prefixes_are_aligned_and_addresses_unique_across_the_subnet() {
-    let (mut s, now) = sim();
+    let (mut s, _) = sim();
     let mut seen = HashSet::new();
     for _ in 0..20 {
-        let e = eni(&mut s, now, 9, 3);
+        let e = eni(&mut s, 9, 3);
         let eni = s.eni(&e).expect("eni").clone();
         for ip in &eni.private_ips {
             assert!(seen.insert(*ip), "{ip} handed out twice");
@@ -196,14 +193,11 @@ fn explicit_addresses_are_validated() {
     let base = u32::from(sub.cidr.network());
     let ip = Ipv4Addr::from(base + 10);
     let e = s
-        .create_eni(
-            now,
-            CreateEni {
-                subnet_id: sub.id.clone(),
-                private_ips: vec![(ip, true)],
-                ..Default::default()
-            },
-        )
+        .create_eni(CreateEni {
+            subnet_id: sub.id.clone(),
+            private_ips: vec![(ip, true)],
+            ..Default::default()
+        })
         .expect("explicit primary");
     assert_eq!(s.eni(&e).expect("eni").primary_ip(), ip);
     let dup = CreateEni {
@@ -212,7 +206,7 @@ fn explicit_addresses_are_validated() {
         ..Default::default()
     };
     assert_eq!(
-        s.create_eni(now, dup).expect_err("in use").code,
+        s.create_eni(dup).expect_err("in use").code,
         "InvalidIPAddress.InUse"
     );
     let reserved = CreateEni {
@@ -221,7 +215,7 @@ fn explicit_addresses_are_validated() {
         ..Default::default()
     };
     assert_eq!(
-        s.create_eni(now, reserved).expect_err("reserved").code,
+        s.create_eni(reserved).expect_err("reserved").code,
         "InvalidParameterValue"
     );
     let outside = Assign {
@@ -263,7 +257,7 @@ fn explicit_addresses_are_validated() {
 #[test]
 fn unassign_refuses_primary_and_foreign_addresses() {
     let (mut s, now) = sim();
-    let e = eni(&mut s, now, 2, 1);
+    let e = eni(&mut s, 2, 1);
     let eni = s.eni(&e).expect("eni").clone();
     let err = s
         .unassign_private_ips(now, &e, &[eni.primary_ip()], &[])
@@ -288,20 +282,17 @@ fn subnet_exhaustion_and_no_free_cidr_block() {
         ..SimConfig::default()
     }; // 64 addresses
     let now = Instant::now();
-    let mut s = Sim::new(cfg, now);
+    let mut s = Sim::new(cfg);
     let sub = subnet_a(&s);
     assert_eq!(s.subnet(&sub).expect("subnet").available(), 59);
     // Block 0 holds .0-.3 and block 3 the broadcast: only blocks 1 and 2 can be prefixes.
     let e = s
-        .create_eni(
-            now,
-            CreateEni {
-                subnet_id: sub.clone(),
-                prefix_count: 2,
-                private_ips: vec![("10.90.0.4".parse().expect("ip"), true)],
-                ..Default::default()
-            },
-        )
+        .create_eni(CreateEni {
+            subnet_id: sub.clone(),
+            prefix_count: 2,
+            private_ips: vec![("10.90.0.4".parse().expect("ip"), true)],
+            ..Default::default()
+        })
         .expect("two prefixes");
     let err = s
         .assign_private_ips(
@@ -316,14 +307,11 @@ fn subnet_exhaustion_and_no_free_cidr_block() {
     assert_eq!(err.code, "InsufficientCidrBlocks");
     let free = s.subnet(&sub).expect("subnet").available() as u32;
     let err = s
-        .create_eni(
-            now,
-            CreateEni {
-                subnet_id: sub.clone(),
-                secondary_count: free,
-                ..Default::default()
-            },
-        )
+        .create_eni(CreateEni {
+            subnet_id: sub.clone(),
+            secondary_count: free,
+            ..Default::default()
+        })
         .expect_err("one too many");
     assert_eq!(err.code, "InsufficientFreeAddressesInSubnet");
     assert_eq!(
@@ -336,19 +324,16 @@ fn subnet_exhaustion_and_no_free_cidr_block() {
 #[test]
 fn attach_passes_through_attaching_and_emits_hotplug_events() {
     let now = Instant::now();
-    let mut s = Sim::new(
-        SimConfig {
-            timing: Timing {
-                attach_ms: 100,
-                detach_ms: 50,
-                ..Timing::zero()
-            },
-            ..SimConfig::default()
+    let mut s = Sim::new(SimConfig {
+        timing: Timing {
+            attach_ms: 100,
+            detach_ms: 50,
+            ..Timing::zero()
         },
-        now,
-    );
+        ..SimConfig::default()
+    });
     let i = launch(&mut s, now, "m5.large");
-    let e = eni(&mut s, now, 1, 0);
+    let e = eni(&mut s, 1, 0);
     s.attach_eni(now, &e, &i, 1, 0).expect("attach");
     assert_eq!(s.eni(&e).expect("eni").status(), "attaching");
     assert!(
@@ -400,16 +385,13 @@ fn attach_passes_through_attaching_and_emits_hotplug_events() {
 #[test]
 fn imds_lags_behind_ec2() {
     let now = Instant::now();
-    let mut s = Sim::new(
-        SimConfig {
-            timing: Timing {
-                imds_lag_ms: 500,
-                ..Timing::zero()
-            },
-            ..SimConfig::default()
+    let mut s = Sim::new(SimConfig {
+        timing: Timing {
+            imds_lag_ms: 500,
+            ..Timing::zero()
         },
-        now,
-    );
+        ..SimConfig::default()
+    });
     let i = launch(&mut s, now, "m5.large");
     let primary = s.instance(&i).expect("i").primary_eni.clone();
     assert_eq!(
@@ -452,8 +434,8 @@ fn imds_lags_behind_ec2() {
 fn terminate_honours_delete_on_termination() {
     let (mut s, now) = sim();
     let i = launch(&mut s, now, "m5.large");
-    let keep = eni(&mut s, now, 0, 0);
-    let gone = eni(&mut s, now, 0, 0);
+    let keep = eni(&mut s, 0, 0);
+    let gone = eni(&mut s, 0, 0);
     s.attach_eni(now, &keep, &i, 1, 0).expect("attach");
     let (att, _) = s.attach_eni(now, &gone, &i, 2, 0).expect("attach");
     s.modify_eni_attribute(&gone, Some((att, true)), None, None, None)
@@ -665,7 +647,7 @@ fn volume_attach_rules() {
 fn volume_attachment_limit_shares_slots_with_enis() {
     let (mut s, now) = sim();
     let i = launch(&mut s, now, "m5.large"); // 27 shared, root uses one
-    let e = eni(&mut s, now, 0, 0);
+    let e = eni(&mut s, 0, 0);
     s.attach_eni(now, &e, &i, 1, 0).expect("eni");
     let mut n = 0;
     let err = loop {
@@ -691,16 +673,13 @@ fn volume_attachment_limit_shares_slots_with_enis() {
 #[test]
 fn modify_volume_phases_and_rate_limit() {
     let now = Instant::now();
-    let mut s = Sim::new(
-        SimConfig {
-            timing: Timing {
-                modify_ms: 100,
-                ..Timing::zero()
-            },
-            ..SimConfig::default()
+    let mut s = Sim::new(SimConfig {
+        timing: Timing {
+            modify_ms: 100,
+            ..Timing::zero()
         },
-        now,
-    );
+        ..SimConfig::default()
+    });
     let v = vol(&mut s, now, 10, "gp3");
     assert_eq!(
         s.modify_volume(now, &v, Some(5), None, None, None)
@@ -762,16 +741,13 @@ fn modify_volume_phases_and_rate_limit() {
 #[test]
 fn snapshots_and_volumes_from_them() {
     let now = Instant::now();
-    let mut s = Sim::new(
-        SimConfig {
-            timing: Timing {
-                snapshot_ms: 100,
-                ..Timing::zero()
-            },
-            ..SimConfig::default()
+    let mut s = Sim::new(SimConfig {
+        timing: Timing {
+            snapshot_ms: 100,
+            ..Timing::zero()
         },
-        now,
-    );
+        ..SimConfig::default()
+    });
     let v = vol(&mut s, now, 10, "gp3");
     let snap = s
         .create_snapshot(now, &v, "backup".into(), Tags::new())
@@ -853,9 +829,9 @@ fn paging_walks_everything_once() {
 
 #[test]
 fn tags_and_filters() {
-    let (mut s, now) = sim();
-    let e = eni(&mut s, now, 0, 0);
-    let e2 = eni(&mut s, now, 0, 0);
+    let (mut s, _) = sim();
+    let e = eni(&mut s, 0, 0);
+    let e2 = eni(&mut s, 0, 0);
     s.create_tags(
         std::slice::from_ref(&e),
         &[("node.k8s.amazonaws.com/instance_id".into(), "i-1".into())],
@@ -908,5 +884,56 @@ fn tags_and_filters() {
             .expect_err("bad id")
             .code,
         "InvalidNetworkInterfaceID.NotFound"
+    );
+}
+
+#[test]
+fn xen_types_refuse_prefixes_and_address_changes_reach_the_fabric() {
+    let (mut s, now) = sim();
+    let i = launch(&mut s, now, "m4.large");
+    let primary = s.instance(&i).expect("i").primary_eni.clone();
+    let err = s
+        .assign_private_ips(
+            now,
+            Assign {
+                eni_id: primary.clone(),
+                prefix_count: 1,
+                ..Default::default()
+            },
+        )
+        .expect_err("no prefix delegation on Xen");
+    assert_eq!(err.code, "InvalidParameterValue");
+    s.drain_events();
+    let (ips, _) = s
+        .assign_private_ips(
+            now,
+            Assign {
+                eni_id: primary.clone(),
+                count: 1,
+                ..Default::default()
+            },
+        )
+        .expect("an IP");
+    assert_eq!(
+        s.drain_events(),
+        vec![Event::AddressesChanged],
+        "attached ENI: fabric must resync"
+    );
+    s.unassign_private_ips(now, &primary, &ips, &[])
+        .expect("unassign");
+    assert_eq!(s.drain_events(), vec![Event::AddressesChanged]);
+    let loose = eni(&mut s, 0, 0);
+    s.assign_private_ips(
+        now,
+        Assign {
+            eni_id: loose,
+            count: 1,
+            ..Default::default()
+        },
+    )
+    .expect("unattached");
+    assert!(
+        s.drain_events().is_empty(),
+        "unattached ENI: nothing routed"
     );
 }

@@ -103,3 +103,50 @@ pub fn links(ns: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// An ENI's status, `None` while the call fails.
+pub async fn eni_status(ec2: &Client, id: &str) -> Option<String> {
+    let d = ec2
+        .describe_network_interfaces()
+        .network_interface_ids(id)
+        .send()
+        .await
+        .ok()?;
+    d.network_interfaces()[0]
+        .status()
+        .map(|s| s.as_str().to_string())
+}
+
+pub async fn vol_state(ec2: &Client, id: &str) -> Option<(String, Option<String>, i32)> {
+    let d = ec2.describe_volumes().volume_ids(id).send().await.ok()?;
+    let v = &d.volumes()[0];
+    Some((
+        v.state()?.as_str().to_string(),
+        v.attachments()
+            .first()
+            .and_then(|a| a.state())
+            .map(|s| s.as_str().to_string()),
+        v.size()?,
+    ))
+}
+
+/// Waits until an ENI reaches `status`.
+pub async fn wait_eni(ec2: &Client, id: &str, status: &str) {
+    wait_for(&format!("{id} {status}"), || async {
+        (eni_status(ec2, id).await? == status).then_some(())
+    })
+    .await
+}
+
+/// Waits until a volume's (state, first attachment state, size) satisfies `want`.
+pub async fn wait_volume(
+    ec2: &Client,
+    id: &str,
+    what: &str,
+    want: impl Fn(&(String, Option<String>, i32)) -> bool,
+) {
+    wait_for(what, || async {
+        vol_state(ec2, id).await.filter(|s| want(s)).map(drop)
+    })
+    .await
+}
