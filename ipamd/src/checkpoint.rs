@@ -1,0 +1,269 @@
+//! The allocation checkpoint: written atomically (temp file, fsync, rename, fsync of the
+//! directory) on every assign and release, before the reply. Our format is upstream's
+//! `vpc-cni-ipam/1` plus the cooldowns (upstream loses them on restart, #1127), so an upstream
+//! file is read as-is when a node switches from aws-node.
+
+use crate::datastore::{Datastore, Key, PodMeta};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+pub const VERSION: &str = "nodewire-ipam/1";
+pub const UPSTREAM_VERSION: &str = "vpc-cni-ipam/1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    #[serde(flatten)]
+    pub key: Key,
+    #[serde(rename = "ipv4", default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Addr>,
+    /// Unix nanoseconds, as upstream writes it.
+    #[serde(rename = "allocationTimestamp", default)]
+    pub allocated_ns: u64,
+    #[serde(default)]
+    pub metadata: PodMeta,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cooldown {
+    pub ipv4: Ipv4Addr,
+    /// Unix nanoseconds.
+    #[serde(rename = "releasedAt")]
+    pub released_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub version: String,
+    pub allocations: Vec<Allocation>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cooldowns: Vec<Cooldown>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("checkpoint {path} is not valid JSON: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "checkpoint {path} has version {version:?}; expected {VERSION:?} or {UPSTREAM_VERSION:?}"
+    )]
+    Version { path: PathBuf, version: String },
+}
+
+impl Checkpoint {
+    /// The datastore's allocations and live cooldowns.
+    pub fn of(ds: &Datastore, now_ms: u64) -> Checkpoint {
+        Checkpoint {
+            version: VERSION.into(),
+            allocations: ds
+                .allocations()
+                .into_iter()
+                .map(|(key, metadata, ip, since_ms)| Allocation {
+                    key,
+                    ipv4: Some(ip),
+                    allocated_ns: since_ms * 1_000_000,
+                    metadata,
+                })
+                .collect(),
+            cooldowns: ds
+                .cooldowns(now_ms)
+                .into_iter()
+                .map(|(ipv4, since_ms)| Cooldown {
+                    ipv4,
+                    released_ns: since_ms * 1_000_000,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Writes the checkpoint atomically: a reader sees the old file or the new one, never a mix.
+pub fn write(path: &Path, cp: &Checkpoint) -> Result<(), Error> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io)?;
+    let (tmp_path, mut tmp) = tempfile_in(dir, path).map_err(io)?;
+    let body = serde_json::to_vec(cp).map_err(|e| io(io::Error::other(e)))?;
+    let written = tmp.write_all(&body).and_then(|()| tmp.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp_path);
+        return Err(io(e));
+    }
+    fs::rename(&tmp_path, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp_path);
+        io(e)
+    })?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+fn tempfile_in(dir: &Path, path: &Path) -> io::Result<(PathBuf, fs::File)> {
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "ipam.json".into());
+    for n in 0..1000u32 {
+        let p = dir.join(format!(".{base}.tmp{}.{n}", std::process::id()));
+        match fs::OpenOptions::new().write(true).create_new(true).open(&p) {
+            Ok(f) => return Ok((p, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("no free temporary file name"))
+}
+
+/// Reads a checkpoint (ours or upstream's). A missing file is `Ok(None)`.
+pub fn read(path: &Path) -> Result<Option<Checkpoint>, Error> {
+    let body = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let cp: Checkpoint = serde_json::from_slice(&body).map_err(|source| Error::Parse {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if cp.version != VERSION && cp.version != UPSTREAM_VERSION {
+        return Err(Error::Version {
+            path: path.to_path_buf(),
+            version: cp.version,
+        });
+    }
+    Ok(Some(cp))
+}
+
+/// Reads ours, else upstream's (a node switching from aws-node keeps its pods' addresses).
+pub fn read_either(ours: &Path, upstream: &Path) -> Result<Option<Checkpoint>, Error> {
+    match read(ours)? {
+        Some(cp) => Ok(Some(cp)),
+        None => read(upstream),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::{CidrKind, Eni};
+    use std::collections::BTreeMap;
+
+    fn ds() -> Datastore {
+        let mut d = Datastore::new(false, 30_000);
+        d.add_eni(Eni {
+            id: "eni-0".into(),
+            device_number: 0,
+            primary: true,
+            primary_ip: "10.0.0.10".parse().expect("ip"),
+            subnet_id: "s".into(),
+            subnet_cidr: "10.0.0.0/20".parse().expect("net"),
+            route_table: 254,
+            created_ms: 0,
+            cidrs: BTreeMap::new(),
+        });
+        d.add_cidrs(
+            "eni-0",
+            &[
+                "10.0.0.11/32".parse().expect("net"),
+                "10.0.0.12/32".parse().expect("net"),
+            ],
+            CidrKind::Ip,
+        );
+        d
+    }
+
+    #[test]
+    fn round_trip_keeps_allocations_and_cooldowns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("sub/ipam.json");
+        let mut d = ds();
+        let meta = PodMeta {
+            namespace: "default".into(),
+            name: "web-0".into(),
+        };
+        d.assign(&Key::new("aws-cni", "c1", "eth0"), &meta, 1_000)
+            .expect("assign");
+        d.assign(&Key::new("aws-cni", "c2", "eth0"), &meta, 1_000)
+            .expect("assign");
+        d.release(&Key::new("aws-cni", "c2", "eth0"), 2_000);
+        write(&p, &Checkpoint::of(&d, 2_000)).expect("write");
+        let cp = read(&p).expect("read").expect("present");
+        let mut fresh = ds();
+        for a in &cp.allocations {
+            assert!(fresh.restore(
+                &a.key,
+                &a.metadata,
+                a.ipv4.expect("ip"),
+                a.allocated_ns / 1_000_000
+            ));
+        }
+        for c in &cp.cooldowns {
+            fresh.restore_cooldown(c.ipv4, c.released_ns / 1_000_000);
+        }
+        assert_eq!(fresh.allocations(), d.allocations());
+        assert_eq!(
+            fresh.cooldowns(2_000),
+            vec![("10.0.0.12".parse().expect("ip"), 2_000)],
+            "cooldown survives restart"
+        );
+        let leftovers: Vec<_> = fs::read_dir(p.parent().expect("dir"))
+            .expect("ls")
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no temporary files left");
+    }
+
+    #[test]
+    fn reads_upstreams_file_when_ours_is_absent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let upstream = dir.path().join("aws-node/ipam.json");
+        fs::create_dir_all(upstream.parent().expect("dir")).expect("mkdir");
+        fs::write(
+            &upstream,
+            r#"{"version":"vpc-cni-ipam/1","allocations":[{"networkName":"aws-cni","containerID":"abc","ifName":"eth0","ipv4":"10.0.1.17","allocationTimestamp":1724190000000000000,"metadata":{"k8sPodNamespace":"default","k8sPodName":"web-0","interfacesCount":1}}]}"#,
+        )
+        .expect("write upstream");
+        let cp = read_either(&dir.path().join("nodewire/ipam.json"), &upstream)
+            .expect("read")
+            .expect("present");
+        assert_eq!(cp.allocations[0].key, Key::new("aws-cni", "abc", "eth0"));
+        assert_eq!(
+            cp.allocations[0].ipv4,
+            Some("10.0.1.17".parse().expect("ip"))
+        );
+        assert_eq!(cp.allocations[0].metadata.name, "web-0");
+        assert!(
+            read_either(&dir.path().join("none"), &dir.path().join("none2"))
+                .expect("ok")
+                .is_none()
+        );
+        fs::write(
+            &upstream,
+            r#"{"version":"vpc-cni-ipam/9","allocations":[]}"#,
+        )
+        .expect("write");
+        assert!(matches!(read(&upstream), Err(Error::Version { .. })));
+        fs::write(&upstream, "{").expect("write");
+        assert!(matches!(read(&upstream), Err(Error::Parse { .. })));
+    }
+}
