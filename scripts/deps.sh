@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks for building and testing nodewire.
 set -euo pipefail
-pkgs=(protobuf-compiler iproute2 util-linux e2fsprogs python3-venv jq curl)
+pkgs=(protobuf-compiler iproute2 util-linux e2fsprogs python3-venv jq curl procps gcc libc6-dev make)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,4 +20,8 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "nodewire's tests and demo need root (network namespaces, loop devices)" >&2
   exit 1
 fi
-command -v cargo >/dev/null || { echo "cargo not found (rustup toolchain 1.95+ required)" >&2; exit 1; }
+# The Rust toolchain comes with the machine (rustup, 1.95+); only crates.io is reachable, so it
+# cannot be fetched here. Say clearly what is missing.
+command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain 1.95+ (rustup) first" >&2; exit 1; }
+cargo fmt --version >/dev/null 2>&1 || { echo "rustfmt missing: rustup component add rustfmt" >&2; exit 1; }
+cargo clippy --version >/dev/null 2>&1 || { echo "clippy missing: rustup component add clippy" >&2; exit 1; }

@@ -339,8 +339,75 @@ async fn fabric_delivers_between_nodes_and_enforces_source_destination_check() {
     })
     .await;
 
-    // Once EC2 assigns that address to node1's ENI, the same packet is delivered.
+    // An address EC2 gave another node's ENI, sent from node1 (a wrong per-ENI route): dropped.
     let ec2 = ec2(&sim.info.ec2_endpoint_local);
+    let theirs = ec2
+        .assign_private_ip_addresses()
+        .network_interface_id(&n2.eni_id)
+        .secondary_private_ip_address_count(1)
+        .send()
+        .await
+        .expect("assign to node2");
+    let theirs: Ipv4Addr = theirs.assigned_private_ip_addresses()[0]
+        .private_ip_address()
+        .expect("ip")
+        .parse()
+        .expect("ipv4");
+    sim.settle().await;
+    let st = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &n1.netns,
+            "addr",
+            "add",
+            &format!("{theirs}/32"),
+            "dev",
+            "lo",
+        ])
+        .status()
+        .expect("ip addr");
+    assert!(st.success());
+    let before = admin.fabric_drops().await.expect("drops");
+    send_udp(&n1.netns, theirs, to, b"not-mine");
+    wait_for("a drop for another ENI's address", || {
+        let admin = admin.clone();
+        async move { (admin.fabric_drops().await.ok()? > before).then_some(()) }
+    })
+    .await;
+
+    // With the source/destination check off for node1's ENI, EC2 forwards it.
+    ec2.modify_network_interface_attribute()
+        .network_interface_id(&n1.eni_id)
+        .source_dest_check(
+            aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                .value(false)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("check off");
+    sim.settle().await;
+    send_udp(&n1.netns, theirs, to, b"check-off");
+    let (n, src) = rx
+        .recv_from(&mut buf)
+        .expect("delivered with the check off");
+    assert_eq!(
+        (&buf[..n], src.ip()),
+        (&b"check-off"[..], std::net::IpAddr::V4(theirs))
+    );
+    ec2.modify_network_interface_attribute()
+        .network_interface_id(&n1.eni_id)
+        .source_dest_check(
+            aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                .value(true)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("check on");
+    sim.settle().await;
+
+    // Once EC2 assigns the first address to node1's ENI, its packet is delivered.
     ec2.assign_private_ip_addresses()
         .network_interface_id(&n1.eni_id)
         .private_ip_addresses(spoof.to_string())
@@ -652,19 +719,9 @@ async fn throttling_faults_and_latency_are_steerable() {
         )
         .await
         .expect("latency");
-    admin
-        .set_fault(
-            "DescribeVpcs",
-            Fault {
-                error_rate: 0.0,
-                error_code: "InternalError".into(),
-                latency_ms: 150,
-            },
-        )
-        .await
-        .expect("latency");
+    // `*` applies to actions without a fault of their own; DescribeVpcs keeps its own (errors).
     let t = std::time::Instant::now();
-    ec2.describe_vpcs().send().await.expect("slow but fine");
+    ec2.describe_subnets().send().await.expect("slow but fine");
     assert!(
         t.elapsed() >= Duration::from_millis(150),
         "latency injected"
@@ -808,4 +865,89 @@ fn cli_up_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
     assert!(!netns::exists(&info.fabric_netns));
     assert!(!netns::exists(&info.nodes[0].netns));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_attach_volume_shows_up_on_both_nodes_and_detaches_per_node() {
+    let (sim, _dir) = up(2, quick()).await;
+    let (n1, n2) = (sim.info.nodes[0].clone(), sim.info.nodes[1].clone());
+    let ec2 = ec2(&sim.info.ec2_endpoint_local);
+    let v = ec2
+        .create_volume()
+        .availability_zone(&n1.az)
+        .size(4)
+        .volume_type(aws_sdk_ec2::types::VolumeType::Io2)
+        .iops(100)
+        .multi_attach_enabled(true)
+        .send()
+        .await
+        .expect("io2 multi-attach");
+    let vid = v.volume_id().expect("id").to_string();
+    wait_volume(&ec2, &vid, "available", |s| s.0 == "available").await;
+    for n in [&n1, &n2] {
+        ec2.attach_volume()
+            .volume_id(&vid)
+            .instance_id(&n.instance_id)
+            .device("/dev/xvdbb")
+            .send()
+            .await
+            .expect("attach");
+    }
+    wait_for("two attachments", || {
+        let ec2 = ec2.clone();
+        let vid = vid.clone();
+        async move {
+            let d = ec2.describe_volumes().volume_ids(vid).send().await.ok()?;
+            let atts = d.volumes()[0].attachments();
+            (atts.len() == 2
+                && atts
+                    .iter()
+                    .all(|a| a.state().map(|s| s.as_str()) == Some("attached")))
+            .then_some(())
+        }
+    })
+    .await;
+    sim.settle().await;
+    let (d1, d2) = (
+        loop_of(&n1.device_dir, "xvdbb"),
+        loop_of(&n2.device_dir, "xvdbb"),
+    );
+    assert_ne!(d1, d2, "one device per node");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&d1)
+            .expect("open");
+        f.write_all(b"shared-bytes").expect("write");
+        f.sync_all().expect("sync");
+    }
+    let mut b = [0u8; 12];
+    std::fs::File::open(&d2)
+        .expect("open")
+        .read_exact(&mut b)
+        .expect("read");
+    assert_eq!(&b, b"shared-bytes");
+    ec2.detach_volume()
+        .volume_id(&vid)
+        .instance_id(&n1.instance_id)
+        .send()
+        .await
+        .expect("detach node1");
+    wait_for("one attachment left", || {
+        let ec2 = ec2.clone();
+        let vid = vid.clone();
+        async move {
+            let d = ec2.describe_volumes().volume_ids(vid).send().await.ok()?;
+            (d.volumes()[0].attachments().len() == 1).then_some(())
+        }
+    })
+    .await;
+    sim.settle().await;
+    assert!(!n1.device_dir.join("xvdbb").exists(), "gone from node1");
+    assert_eq!(
+        loop_of(&n2.device_dir, "xvdbb"),
+        d2,
+        "node2 keeps its device"
+    );
+    sim.shutdown().await.expect("shutdown");
 }

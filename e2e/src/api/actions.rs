@@ -4,7 +4,7 @@ use super::params::Params;
 use super::xml::Xml;
 use crate::sim::ebs::{AttachmentReply, CreateVolume};
 use crate::sim::error::{ApiError, ApiResult};
-use crate::sim::filter::{self, Filter};
+use crate::sim::filter;
 use crate::sim::net::{Assign, CreateEni, RunInstance};
 use crate::sim::*;
 use ipnet::Ipv4Net;
@@ -65,6 +65,7 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
                 kind: "vpc",
                 set: "vpcSet",
                 bounds: (5, 1000),
+                names: filter::VPC,
                 id: |v: &Vpc| &v.id,
             };
             describe(&mut x, p, vec![sim.vpc.clone()], d, &filter::vpc, |x, v| {
@@ -88,6 +89,7 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
                 kind: "subnet",
                 set: "subnetSet",
                 bounds: (5, 1000),
+                names: filter::SUBNET,
                 id: |s: &Subnet| &s.id,
             };
             describe(
@@ -117,6 +119,7 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
                 kind: "sg",
                 set: "securityGroupInfo",
                 bounds: (5, 1000),
+                names: filter::SECURITY_GROUP,
                 id: |g: &SecurityGroup| &g.id,
             };
             let items = sim.security_groups.values().cloned().collect();
@@ -161,6 +164,7 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
                 kind: "instance",
                 set: "reservationSet",
                 bounds: (5, 1000),
+                names: filter::INSTANCE,
                 id: |i: &Instance| &i.id,
             };
             let items = sim.instances.values().cloned().collect();
@@ -257,6 +261,7 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
                 kind: "eni",
                 set: "networkInterfaceSet",
                 bounds: (5, 1000),
+                names: filter::ENI,
                 id: |e: &Eni| &e.id,
             };
             describe(
@@ -375,6 +380,7 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
                 kind: "volume",
                 set: "volumeSet",
                 bounds: (5, 500),
+                names: filter::VOLUME,
                 id: |v: &Volume| &v.id,
             };
             describe(
@@ -408,7 +414,12 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
                 .filter_map(|ms| ms.last().cloned())
                 .filter(|m| ids.is_empty() || ids.contains(&m.volume_id))
                 .collect();
-            let items = filter::apply(latest, &p.filters()?, &filter::modification)?;
+            let items = filter::apply(
+                latest,
+                &p.filters()?,
+                filter::MODIFICATION,
+                &filter::modification,
+            )?;
             let (items, next) = page(
                 items,
                 |m| &m.volume_id,
@@ -450,6 +461,7 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
                 kind: "snapshot",
                 set: "snapshotSet",
                 bounds: (5, 1000),
+                names: filter::SNAPSHOT,
                 id: |s: &Snapshot| &s.id,
             };
             let items = sim.snapshots.values().cloned().collect();
@@ -471,6 +483,8 @@ struct Describe<T> {
     set: &'static str,
     /// EC2's MaxResults bounds for the action.
     bounds: (i64, i64),
+    /// Filter names the kind accepts.
+    names: &'static [&'static str],
     id: fn(&T) -> &String,
 }
 
@@ -486,7 +500,7 @@ fn describe<T>(
     let ids = p.list(d.ids);
     no_ids_with_max(&ids, p)?;
     let items = select(items, &ids, d.id, d.kind)?;
-    let items = filter::apply(items, &p.filters()?, extract)?;
+    let items = filter::apply(items, &p.filters()?, d.names, extract)?;
     let (items, next) = page(
         items,
         |t| (d.id)(t).as_str(),
@@ -567,25 +581,24 @@ fn describe_azs(sim: &Sim, p: &Params, x: &mut Xml) -> ApiResult<()> {
             )));
         }
     }
-    let filters: Vec<Filter> = p.filters()?;
     let zones: Vec<&(String, String)> = sim
         .cfg
         .zones
         .iter()
         .filter(|(n, _)| names.is_empty() || names.contains(n))
-        .filter(|(n, id)| {
-            filters.iter().all(|f| {
-                let v = match f.name.as_str() {
-                    "zone-name" => n.as_str(),
-                    "zone-id" => id.as_str(),
-                    "region-name" => sim.cfg.region.as_str(),
-                    "state" => "available",
-                    _ => return false,
-                };
-                f.values.iter().any(|w| filter::glob(w, v))
-            })
-        })
         .collect();
+    let region = sim.cfg.region.clone();
+    let extract = move |z: &&(String, String), f: &str| -> Option<Vec<String>> {
+        let v = match f {
+            "zone-name" => z.0.clone(),
+            "zone-id" => z.1.clone(),
+            "region-name" => region.clone(),
+            "state" => "available".into(),
+            _ => return None,
+        };
+        Some(vec![v])
+    };
+    let zones = filter::apply(zones, &p.filters()?, filter::ZONE, &extract)?;
     x.set("availabilityZoneInfo", zones, |x, (n, id)| {
         x.leaf("zoneName", n)
             .leaf("zoneId", id)
@@ -600,7 +613,7 @@ fn describe_azs(sim: &Sim, p: &Params, x: &mut Xml) -> ApiResult<()> {
 }
 
 fn describe_instance_types(p: &Params, x: &mut Xml) -> ApiResult<()> {
-    use nodewire_aws::limits::{INSTANCE_TYPES, lookup};
+    use nodewire_aws::limits::{INSTANCE_TYPES, InstanceTypeInfo, lookup};
     let names = p.list("InstanceType");
     for n in &names {
         if lookup(n).is_none() {
@@ -614,26 +627,25 @@ fn describe_instance_types(p: &Params, x: &mut Xml) -> ApiResult<()> {
         .iter()
         .filter(|t| names.is_empty() || names.iter().any(|n| n == t.name))
         .collect();
-    for f in p.filters()? {
-        items.retain(|t| {
-            let v = match f.name.as_str() {
-                "instance-type" => t.name.to_string(),
-                "hypervisor" => t.hypervisor.as_str().to_string(),
-                "network-info.ipv4-addresses-per-interface" => {
-                    t.ipv4_addresses_per_interface.to_string()
-                }
-                "network-info.maximum-network-interfaces" => {
-                    t.maximum_network_interfaces.to_string()
-                }
-                "ebs-info.nvme-support" => {
-                    (if t.nvme { "required" } else { "unsupported" }).to_string()
-                }
-                "bare-metal" => t.bare_metal.to_string(),
-                _ => return false,
-            };
-            f.values.iter().any(|w| filter::glob(w, &v))
-        });
-    }
+    // Paging resumes by name, so the list must be in name order.
+    items.sort_by_key(|t| t.name);
+    let extract = |t: &&InstanceTypeInfo, f: &str| -> Option<Vec<String>> {
+        let v = match f {
+            "instance-type" => t.name.to_string(),
+            "hypervisor" => t.hypervisor.as_str().to_string(),
+            "network-info.ipv4-addresses-per-interface" => {
+                t.ipv4_addresses_per_interface.to_string()
+            }
+            "network-info.maximum-network-interfaces" => t.maximum_network_interfaces.to_string(),
+            "ebs-info.nvme-support" => {
+                (if t.nvme { "required" } else { "unsupported" }).to_string()
+            }
+            "bare-metal" => t.bare_metal.to_string(),
+            _ => return None,
+        };
+        Some(vec![v])
+    };
+    let items = filter::apply(items, &p.filters()?, filter::INSTANCE_TYPE, &extract)?;
     let (items, next) = page(
         items,
         |t| t.name,
@@ -688,6 +700,9 @@ fn describe_instance_types(p: &Params, x: &mut Xml) -> ApiResult<()> {
     Ok(())
 }
 
+/// Instances one `RunInstances` call may launch (a stand-in for EC2's vCPU quota).
+const MAX_LAUNCH: u32 = 20;
+
 fn run_instances(sim: &mut Sim, now: Instant, p: &Params, x: &mut Xml) -> ApiResult<()> {
     let min: u32 = p
         .num("MinCount")?
@@ -700,7 +715,24 @@ fn run_instances(sim: &mut Sim, now: Instant, p: &Params, x: &mut Xml) -> ApiRes
             "MinCount must be at least 1 and no more than MaxCount",
         ));
     }
+    if min > MAX_LAUNCH {
+        return Err(ApiError::new(
+            "InstanceLimitExceeded",
+            format!(
+                "Your quota allows for {MAX_LAUNCH} more running instance(s). You requested at least {min}."
+            ),
+        ));
+    }
+    let max = max.min(MAX_LAUNCH);
     let specs = p.tag_specs()?;
+    if let Some((rt, _)) = specs
+        .iter()
+        .find(|(rt, _)| !["instance", "network-interface", "volume"].contains(&rt.as_str()))
+    {
+        return Err(ApiError::invalid_param(format!(
+            "'{rt}' is not a valid taggable resource type for this operation."
+        )));
+    }
     let inst_tags: Tags = specs
         .iter()
         .filter(|(rt, _)| rt == "instance")
@@ -729,7 +761,13 @@ fn run_instances(sim: &mut Sim, now: Instant, p: &Params, x: &mut Xml) -> ApiRes
         };
         match sim.run_instance(now, req) {
             Ok(id) => ids.push(id),
-            Err(e) if n < min => return Err(e),
+            Err(e) if n < min => {
+                // All or nothing below MinCount: undo the launches of this call.
+                for id in &ids {
+                    sim.discard_instance(now, id);
+                }
+                return Err(e);
+            }
             Err(_) => break,
         }
     }
@@ -771,7 +809,12 @@ fn instance_xml(sim: &Sim, x: &mut Xml, i: &Instance) {
         .leaf("subnetId", &i.subnet_id)
         .leaf("vpcId", &i.vpc_id)
         .leaf("privateIpAddress", i.private_ip)
-        .leaf("sourceDestCheck", true)
+        .leaf(
+            "sourceDestCheck",
+            sim.enis
+                .get(&i.primary_eni)
+                .is_none_or(|e| e.source_dest_check),
+        )
         .set("groupSet", &i.security_groups, |x, g| {
             x.leaf("groupId", g).opt(
                 "groupName",
@@ -964,4 +1007,106 @@ fn snapshot_xml(sim: &Sim, x: &mut Xml, s: &Snapshot) {
         .opt("kmsKeyId", s.kms_key_id.as_deref())
         .leaf("storageTier", "standard")
         .tags(&s.tags);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{SimConfig, Timing};
+
+    fn call(sim: &mut Sim, body: &str) -> ApiResult<String> {
+        let p = Params::parse(body.as_bytes());
+        let action = p.get("Action").unwrap_or_default().to_string();
+        dispatch(sim, Instant::now(), &action, &p)
+    }
+
+    fn all<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+        let open = format!("<{tag}>");
+        xml.match_indices(&open)
+            .map(|(i, _)| {
+                let rest = &xml[i + open.len()..];
+                &rest[..rest.find('<').unwrap_or(rest.len())]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn instance_type_paging_visits_every_type_once() {
+        let mut sim = Sim::new(SimConfig {
+            timing: Timing::zero(),
+            ..SimConfig::default()
+        });
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..20 {
+            let tok = token
+                .as_ref()
+                .map(|t| format!("&NextToken={t}"))
+                .unwrap_or_default();
+            let xml = call(
+                &mut sim,
+                &format!("Action=DescribeInstanceTypes&MaxResults=5{tok}"),
+            )
+            .expect("page");
+            let page = all(&xml, "instanceType");
+            seen.extend(page.iter().map(|s| s.to_string()));
+            token = all(&xml, "nextToken").first().map(|s| s.to_string());
+            if token.is_none() {
+                break;
+            }
+        }
+        let mut want: Vec<String> = nodewire_aws::limits::INSTANCE_TYPES
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        want.sort();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn unknown_filters_are_refused_even_on_empty_results() {
+        let mut sim = Sim::new(SimConfig::default());
+        for action in [
+            "DescribeVolumes",
+            "DescribeNetworkInterfaces",
+            "DescribeAvailabilityZones",
+            "DescribeInstanceTypes",
+        ] {
+            let err = call(
+                &mut sim,
+                &format!("Action={action}&Filter.1.Name=bogus&Filter.1.Value.1=x"),
+            )
+            .expect_err(action);
+            assert_eq!(err.code, "InvalidParameterValue", "{action}");
+        }
+        assert!(
+            call(
+                &mut sim,
+                "Action=DescribeVolumes&Filter.1.Name=tag:any&Filter.1.Value.1=x"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn run_instances_is_all_or_nothing_below_min_count() {
+        let mut sim = Sim::new(SimConfig {
+            subnet_prefix_len: 28,
+            ..SimConfig::default()
+        }); // 11 usable addresses
+        let subnet = sim.subnet_in_zone("us-east-1a").expect("zone").id.clone();
+        let err = call(&mut sim, &format!("Action=RunInstances&ImageId=ami-1&InstanceType=m5.large&MinCount=12&MaxCount=12&SubnetId={subnet}"))
+            .expect_err("not enough addresses");
+        assert_eq!(err.code, "InsufficientFreeAddressesInSubnet");
+        assert!(sim.instances.is_empty(), "nothing left behind");
+        assert_eq!(sim.subnet(&subnet).expect("subnet").available(), 11);
+        let xml = call(&mut sim, &format!("Action=RunInstances&ImageId=ami-1&InstanceType=m5.large&MinCount=2&MaxCount=50&SubnetId={subnet}")).expect("partial ok");
+        assert_eq!(all(&xml, "instanceId").len(), 11, "MaxCount is best effort");
+        let err = call(
+            &mut sim,
+            "Action=RunInstances&ImageId=ami-1&MinCount=21&MaxCount=21",
+        )
+        .expect_err("quota");
+        assert_eq!(err.code, "InstanceLimitExceeded");
+    }
 }

@@ -304,11 +304,12 @@ async fn ec2_handler(
     } else {
         let mut sim = shared.sim();
         let r = actions::dispatch(&mut sim, now, &action, &p);
-        let events = sim.drain_events();
-        drop(sim);
-        for e in events {
+        // Hand events over while still holding the lock, so the node side sees them in the
+        // order the state changed (a detach's unplug never overtakes its attach's plug).
+        for e in sim.drain_events() {
             shared.emit(e);
         }
+        drop(sim);
         shared.wake.notify_one();
         r
     };

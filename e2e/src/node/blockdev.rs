@@ -71,23 +71,31 @@ impl Store {
         remove_if_exists(&self.volume_file(id))
     }
 
+    /// Copies the volume's data. A volume without a backing file (an instance's root volume,
+    /// which is not simulated) gives an empty snapshot: volumes made from it start zeroed.
     pub fn snapshot(&self, snap: &str, vol: &str) -> io::Result<()> {
-        sparse_copy(&self.volume_file(vol), &self.snapshot_file(snap))
+        let src = self.volume_file(vol);
+        if !src.exists() {
+            return fs::File::create(self.snapshot_file(snap)).map(drop);
+        }
+        sparse_copy(&src, &self.snapshot_file(snap))
     }
 
     pub fn delete_snapshot(&self, snap: &str) -> io::Result<()> {
         remove_if_exists(&self.snapshot_file(snap))
     }
 
-    /// Grows the backing file; refreshes the loop device's capacity when attached.
-    pub fn resize(&self, id: &str, size_gib: u32, loop_dev: Option<&str>) -> io::Result<()> {
+    /// Grows the backing file; refreshes the capacity of every loop device bound to it.
+    pub fn resize(&self, id: &str, size_gib: u32, loop_devs: &[String]) -> io::Result<()> {
         let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
             .write(true)
             .open(self.volume_file(id))?;
         if f.metadata()?.len() < size_gib as u64 * GIB {
             f.set_len(size_gib as u64 * GIB)?;
         }
-        if let Some(d) = loop_dev {
+        for d in loop_devs {
             run(Command::new("losetup").arg("--set-capacity").arg(d))?;
         }
         Ok(())
@@ -111,10 +119,12 @@ impl Store {
         Ok(dev)
     }
 
-    /// Removes the device's names and frees its loop device.
+    /// Removes the device's names and frees its loop device (both are tried; the first error
+    /// is reported).
     pub fn detach(&self, id: &str, dev_dir: &Path, device: &str, loop_dev: &str) -> io::Result<()> {
-        unexpose(id, dev_dir, device, loop_dev)?;
-        detach_loop(loop_dev)
+        let names = unexpose(id, dev_dir, device, loop_dev);
+        let freed = detach_loop(loop_dev);
+        names.and(freed)
     }
 }
 
@@ -137,6 +147,14 @@ fn names(id: &str, device: &str, nitro: bool) -> Vec<PathBuf> {
 }
 
 fn expose(id: &str, dev_dir: &Path, device: &str, nitro: bool, dev: &str) -> io::Result<()> {
+    let r = try_expose(id, dev_dir, device, nitro, dev);
+    if r.is_err() {
+        let _ = unexpose(id, dev_dir, device, dev);
+    }
+    r
+}
+
+fn try_expose(id: &str, dev_dir: &Path, device: &str, nitro: bool, dev: &str) -> io::Result<()> {
     let kname = dev.trim_start_matches("/dev/");
     fs::create_dir_all(dev_dir.join("serial"))?;
     fs::write(dev_dir.join("serial").join(kname), serial(id))?;
@@ -170,21 +188,34 @@ pub fn detach_loop(dev: &str) -> io::Result<()> {
     }
 }
 
-/// Loop devices currently bound to a file under `root`.
+/// Loop devices currently bound to a file under `root` (compared by path components, so
+/// `/tmp/vs-1` does not match `/tmp/vs-12/…`).
 pub fn loops_under(root: &Path) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Dev {
+        name: String,
+        #[serde(rename = "back-file")]
+        back_file: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct List {
+        loopdevices: Vec<Dev>,
+    }
     let Ok(out) =
-        run(Command::new("losetup").args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"]))
+        run(Command::new("losetup").args(["--list", "--json", "--output", "NAME,BACK-FILE"]))
     else {
         return vec![];
     };
-    let root = root.to_string_lossy().to_string();
-    out.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let (n, f) = (it.next()?, it.next()?);
-            f.starts_with(&root).then(|| n.to_string())
+    let under = |f: &str| Path::new(f.trim_end_matches(" (deleted)")).starts_with(root);
+    serde_json::from_str::<List>(&out)
+        .map(|l| {
+            l.loopdevices
+                .into_iter()
+                .filter(|d| d.back_file.as_deref().is_some_and(under))
+                .map(|d| d.name)
+                .collect()
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 fn sparse_copy(from: &Path, to: &Path) -> io::Result<()> {

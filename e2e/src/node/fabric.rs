@@ -57,6 +57,8 @@ pub struct Plug<'a> {
     pub mac: &'a str,
     pub primary: Ipv4Addr,
     pub owned: BTreeSet<Ipv4Net>,
+    /// EC2's source/destination check (on unless turned off for the ENI).
+    pub src_dst_check: bool,
 }
 
 struct Plugged {
@@ -78,7 +80,9 @@ impl Fabric {
         netns::create(ns)?;
         for (k, v) in [
             ("net/ipv4/ip_forward", "1"),
-            ("net/ipv4/conf/all/rp_filter", "1"),
+            // Per-link strict reverse-path filtering is the source/destination check; `all` stays 0
+            // so a link's own value decides (the kernel uses the larger of the two).
+            ("net/ipv4/conf/all/rp_filter", "0"),
             ("net/ipv4/conf/default/rp_filter", "1"),
             ("net/ipv4/conf/default/proxy_arp", "1"),
             ("net/ipv4/conf/all/send_redirects", "0"),
@@ -116,6 +120,7 @@ impl Fabric {
             mac,
             primary,
             owned,
+            src_dst_check,
         } = p;
         let ns = std::fs::File::open(netns::path(node_ns))?;
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
@@ -135,7 +140,43 @@ impl Fabric {
             .execute()
             .await
             .map_err(|e| nl(&format!("creating {fabric_if}/{node_if}"), e))?;
-        let index = link_index(&self.h, fabric_if).await?;
+        let index = match link_index(&self.h, fabric_if).await {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = self.delete_link_named(fabric_if).await;
+                return Err(e);
+            }
+        };
+        self.plugged.insert(
+            eni_id.to_string(),
+            Plugged {
+                link: fabric_if.to_string(),
+                index,
+                primary,
+                routes: BTreeSet::new(),
+            },
+        );
+        // Anything failing from here on unplugs again, so no half-wired link stays behind.
+        if let Err(e) = self
+            .wire(eni_id, index, mac, primary, owned, src_dst_check)
+            .await
+        {
+            let _ = self.unplug(eni_id).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn wire(
+        &mut self,
+        eni_id: &str,
+        index: u32,
+        mac: &str,
+        primary: Ipv4Addr,
+        owned: BTreeSet<Ipv4Net>,
+        src_dst_check: bool,
+    ) -> io::Result<()> {
+        self.set_src_dst_check(eni_id, src_dst_check)?;
         self.h
             .route()
             .add(
@@ -155,16 +196,27 @@ impl Fabric {
             .execute()
             .await
             .map_err(|e| nl("primary neighbour", e))?;
-        self.plugged.insert(
-            eni_id.to_string(),
-            Plugged {
-                link: fabric_if.to_string(),
-                index,
-                primary,
-                routes: BTreeSet::new(),
-            },
-        );
         self.sync(eni_id, owned).await
+    }
+
+    /// EC2's source/destination check for one ENI: strict reverse-path filtering on its link
+    /// (the namespace-wide `all` value is 0, so the link's own value decides).
+    pub fn set_src_dst_check(&self, eni_id: &str, on: bool) -> io::Result<()> {
+        let Some(p) = self.plugged.get(eni_id) else {
+            return Ok(());
+        };
+        let key = format!("net/ipv4/conf/{}/rp_filter", p.link);
+        netns::sysctl(&self.ns, &key, if on { "1" } else { "0" })
+    }
+
+    async fn delete_link_named(&self, name: &str) -> io::Result<()> {
+        let index = link_index(&self.h, name).await?;
+        self.h
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|e| nl(&format!("deleting {name}"), e))
     }
 
     /// Makes the fabric route exactly `owned` (besides the primary) to the ENI's link.

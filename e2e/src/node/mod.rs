@@ -71,7 +71,11 @@ impl Default for Options {
         Options {
             nodes: 1,
             instance_type: "m5.large".into(),
-            state_dir: std::env::temp_dir().join(format!("vpcsim-{}", std::process::id())),
+            state_dir: {
+                static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::env::temp_dir().join(format!("vpcsim-{}-{n}", std::process::id()))
+            },
             timing: Timing::default(),
             seed: rand::random(),
             imds_v1: false,
@@ -150,6 +154,14 @@ pub fn down(dir: &Path) -> io::Result<()> {
     if rec.pid != 0 && rec.pid != std::process::id() && is_vpcsim(rec.pid) {
         let pid = nix::unistd::Pid::from_raw(rec.pid as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        // Wait (bounded) for it to be gone before taking its namespaces and devices away.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while nix::sys::signal::kill(pid, None).is_ok()
+            && is_vpcsim(rec.pid)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
     let mut first_err = None;
     for ns in &rec.namespaces {
@@ -166,8 +178,10 @@ pub fn down(dir: &Path) -> io::Result<()> {
         }
         for sub in ["volumes", "snapshots", "nodes"] {
             let p = dir.join(sub);
-            if p.exists() {
-                std::fs::remove_dir_all(&p)?;
+            if p.exists()
+                && let Err(e) = std::fs::remove_dir_all(&p)
+            {
+                first_err.get_or_insert(e);
             }
         }
         let _ = std::fs::remove_file(record_path(dir));
@@ -186,6 +200,13 @@ fn is_vpcsim(pid: u32) -> bool {
     })
 }
 
+struct Owned {
+    primary: Ipv4Addr,
+    set: BTreeSet<Ipv4Net>,
+    card: u32,
+    src_dst_check: bool,
+}
+
 struct NodeSide {
     index: usize,
     netns: String,
@@ -199,12 +220,13 @@ struct Worker {
     fabric: Fabric,
     store: Store,
     nodes: HashMap<String, NodeSide>,
-    /// volume id → (instance, device, loop device)
-    loops: HashMap<String, (String, String, String)>,
+    /// (volume id, instance id) → (device name, loop device); several for Multi-Attach volumes.
+    loops: HashMap<(String, String), (String, String)>,
 }
 
 impl Worker {
-    fn owned(&self, eni_id: &str) -> Option<(Ipv4Addr, BTreeSet<Ipv4Net>, u32)> {
+    /// What the fabric needs to know about an ENI, read from EC2 state.
+    fn owned(&self, eni_id: &str) -> Option<Owned> {
         let sim = self.shared.sim();
         let e = sim.enis.get(eni_id)?;
         let mut set: BTreeSet<Ipv4Net> = e
@@ -213,11 +235,12 @@ impl Worker {
             .map(|ip| Ipv4Net::new(*ip, 32).expect("32 is valid"))
             .collect();
         set.extend(e.prefixes.iter().copied());
-        Some((
-            e.primary_ip(),
+        Some(Owned {
+            primary: e.primary_ip(),
             set,
-            e.attachment.as_ref().map_or(0, |a| a.network_card_index),
-        ))
+            card: e.attachment.as_ref().map_or(0, |a| a.network_card_index),
+            src_dst_check: e.source_dest_check,
+        })
     }
 
     async fn apply(&mut self, ev: Event) -> io::Result<()> {
@@ -231,7 +254,13 @@ impl Worker {
                 let Some(node) = self.nodes.get(&instance_id) else {
                     return Ok(());
                 };
-                let Some((primary, owned, card)) = self.owned(&eni_id) else {
+                let Some(Owned {
+                    primary,
+                    set: owned,
+                    card,
+                    src_dst_check,
+                }) = self.owned(&eni_id)
+                else {
                     return Ok(());
                 };
                 let fabric_if = format!("n{}c{card}d{device_index}", node.index);
@@ -250,8 +279,12 @@ impl Worker {
                         mac: &mac,
                         primary,
                         owned,
+                        src_dst_check,
                     })
                     .await
+            }
+            Event::SourceDestCheckChanged { eni_id, enabled } => {
+                self.fabric.set_src_dst_check(&eni_id, enabled)
             }
             Event::EniDetached { eni_id, .. } => self.fabric.unplug(&eni_id).await,
             Event::AddressesChanged => {
@@ -264,8 +297,8 @@ impl Worker {
                     .cloned()
                     .collect();
                 for id in ids {
-                    if let Some((_, owned, _)) = self.owned(&id) {
-                        self.fabric.sync(&id, owned).await?;
+                    if let Some(o) = self.owned(&id) {
+                        self.fabric.sync(&id, o.set).await?;
                     }
                 }
                 Ok(())
@@ -298,14 +331,20 @@ impl Worker {
                 let dev = self
                     .store
                     .attach(&volume_id, &node.device_dir, &device, node.nitro)?;
-                self.loops.insert(volume_id, (instance_id, device, dev));
+                self.loops.insert((volume_id, instance_id), (device, dev));
                 Ok(())
             }
-            Event::VolumeDetached { volume_id, .. } => {
-                let Some((inst, device, dev)) = self.loops.remove(&volume_id) else {
+            Event::VolumeDetached {
+                volume_id,
+                instance_id,
+                ..
+            } => {
+                let Some((device, dev)) =
+                    self.loops.remove(&(volume_id.clone(), instance_id.clone()))
+                else {
                     return Ok(());
                 };
-                let Some(node) = self.nodes.get(&inst) else {
+                let Some(node) = self.nodes.get(&instance_id) else {
                     return Ok(());
                 };
                 self.store
@@ -315,8 +354,13 @@ impl Worker {
                 volume_id,
                 size_gib,
             } => {
-                let dev = self.loops.get(&volume_id).map(|(_, _, d)| d.clone());
-                self.store.resize(&volume_id, size_gib, dev.as_deref())
+                let devs: Vec<String> = self
+                    .loops
+                    .iter()
+                    .filter(|((v, _), _)| *v == volume_id)
+                    .map(|(_, (_, d))| d.clone())
+                    .collect();
+                self.store.resize(&volume_id, size_gib, &devs)
             }
         }
     }
@@ -332,7 +376,7 @@ async fn blocking(f: impl FnOnce() -> io::Result<()> + Send + 'static) -> io::Re
 pub struct Vpcsim {
     pub info: UpInfo,
     pub shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Tasks,
     state_dir: PathBuf,
     torn_down: bool,
 }
@@ -467,11 +511,16 @@ impl Vpcsim {
             nodes: sides,
             loops: HashMap::new(),
         };
-        let mut tasks = Vec::new();
+        let mut tasks = Tasks::default();
 
         // Primary ENIs: eth0 with the primary IP, as DHCP would configure it.
         for n in &nodes {
-            let (primary, owned, _) = worker
+            let Owned {
+                primary,
+                set: owned,
+                src_dst_check,
+                ..
+            } = worker
                 .owned(&n.eni_id)
                 .ok_or_else(|| Error::Invalid("primary ENI vanished".into()))?;
             let idx = worker.nodes[&n.instance_id].index;
@@ -485,6 +534,7 @@ impl Vpcsim {
                     mac: &n.mac,
                     primary,
                     owned,
+                    src_dst_check,
                 })
                 .await
                 .ctx(format!("plugging eth0 into {}", n.name))?;
@@ -566,8 +616,13 @@ impl Vpcsim {
         self.shared.settle().await
     }
 
-    /// Stops serving and removes everything the simulation made.
+    /// Stops serving (waiting for the servers and the hot-plug worker to be gone) and removes
+    /// everything the simulation made.
     pub async fn shutdown(mut self) -> io::Result<()> {
+        for t in std::mem::take(&mut self.tasks.0) {
+            t.abort();
+            let _ = t.await;
+        }
         self.teardown()
     }
 
@@ -576,9 +631,7 @@ impl Vpcsim {
             return Ok(());
         }
         self.torn_down = true;
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.tasks.abort_all();
         down(&self.state_dir)
     }
 }
@@ -588,6 +641,27 @@ impl Drop for Vpcsim {
         if let Err(e) = self.teardown() {
             tracing::error!(error = %e, "vpcsim teardown failed");
         }
+    }
+}
+
+/// Background tasks of a simulation, aborted when dropped (also when `start` fails half-way).
+#[derive(Default)]
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Tasks {
+    fn push(&mut self, t: JoinHandle<()>) {
+        self.0.push(t);
+    }
+    fn abort_all(&self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.abort_all();
     }
 }
 

@@ -40,17 +40,127 @@ pub fn glob(pattern: &str, s: &str) -> bool {
 /// resource kind.
 pub type Extract<'a, T> = &'a dyn Fn(&T, &str) -> Option<Vec<String>>;
 
-/// Keeps the items that match every filter (values within one filter are OR-ed).
-pub fn apply<T>(items: Vec<T>, filters: &[Filter], extract: Extract<'_, T>) -> ApiResult<Vec<T>> {
-    if let Some(first) = items.first() {
-        for f in filters {
-            if extract(first, &f.name).is_none() {
-                return Err(ApiError::invalid_param(format!(
-                    "The filter '{}' is invalid",
-                    f.name
-                )));
-            }
-        }
+/// Filter names each resource kind accepts; `tag:` stands for `tag:<key>`, `tag-key` and
+/// `tag-value`.
+pub const ENI: &[&str] = &[
+    "tag:",
+    "network-interface-id",
+    "subnet-id",
+    "vpc-id",
+    "availability-zone",
+    "description",
+    "status",
+    "mac-address",
+    "group-id",
+    "private-ip-address",
+    "addresses.private-ip-address",
+    "ipv4-prefix",
+    "source-dest-check",
+    "requester-managed",
+    "interface-type",
+    "owner-id",
+    "attachment.instance-id",
+    "attachment.attachment-id",
+    "attachment.device-index",
+    "attachment.network-card-index",
+    "attachment.status",
+    "attachment.delete-on-termination",
+];
+pub const VOLUME: &[&str] = &[
+    "tag:",
+    "volume-id",
+    "status",
+    "availability-zone",
+    "volume-type",
+    "size",
+    "snapshot-id",
+    "encrypted",
+    "multi-attach-enabled",
+    "attachment.instance-id",
+    "attachment.device",
+    "attachment.status",
+    "attachment.delete-on-termination",
+];
+pub const SNAPSHOT: &[&str] = &[
+    "tag:",
+    "snapshot-id",
+    "volume-id",
+    "status",
+    "owner-id",
+    "volume-size",
+    "description",
+    "encrypted",
+];
+pub const MODIFICATION: &[&str] = &[
+    "volume-id",
+    "modification-state",
+    "target-size",
+    "target-volume-type",
+    "original-size",
+    "original-volume-type",
+];
+pub const INSTANCE: &[&str] = &[
+    "tag:",
+    "instance-id",
+    "instance-type",
+    "instance-state-name",
+    "availability-zone",
+    "subnet-id",
+    "vpc-id",
+    "private-ip-address",
+    "image-id",
+    "network-interface.network-interface-id",
+    "network-interface.addresses.private-ip-address",
+];
+pub const SUBNET: &[&str] = &[
+    "tag:",
+    "subnet-id",
+    "vpc-id",
+    "availability-zone",
+    "availability-zone-id",
+    "cidr-block",
+    "cidr",
+    "state",
+    "default-for-az",
+];
+pub const VPC: &[&str] = &[
+    "tag:",
+    "vpc-id",
+    "cidr",
+    "cidr-block-association.cidr-block",
+    "state",
+    "is-default",
+];
+pub const SECURITY_GROUP: &[&str] = &["tag:", "group-id", "group-name", "vpc-id", "description"];
+pub const ZONE: &[&str] = &["zone-name", "zone-id", "region-name", "state"];
+pub const INSTANCE_TYPE: &[&str] = &[
+    "instance-type",
+    "hypervisor",
+    "network-info.ipv4-addresses-per-interface",
+    "network-info.maximum-network-interfaces",
+    "ebs-info.nvme-support",
+    "bare-metal",
+];
+
+fn known(name: &str, names: &[&str]) -> bool {
+    names.contains(&name)
+        || (names.contains(&"tag:")
+            && (name.starts_with("tag:") || name == "tag-key" || name == "tag-value"))
+}
+
+/// Keeps the items that match every filter (values within one filter are OR-ed). A filter name
+/// the resource kind does not have is refused, whatever the items.
+pub fn apply<T>(
+    items: Vec<T>,
+    filters: &[Filter],
+    names: &[&str],
+    extract: Extract<'_, T>,
+) -> ApiResult<Vec<T>> {
+    if let Some(f) = filters.iter().find(|f| !known(&f.name, names)) {
+        return Err(ApiError::invalid_param(format!(
+            "The filter '{}' is invalid",
+            f.name
+        )));
     }
     Ok(items
         .into_iter()

@@ -458,20 +458,21 @@ impl Sim {
         for (k, _) in tags {
             validate_tag_key(k)?;
         }
-        // Validate all first so a bad id changes nothing.
+        // Validate everything first so a refused call changes nothing.
         for id in ids {
-            self.tags_mut(id)?;
+            let t = self.tags_mut(id)?;
+            let after = t.len() + tags.iter().filter(|(k, _)| !t.contains_key(k)).count();
+            if after > 50 {
+                return Err(ApiError::new(
+                    "TagLimitExceeded",
+                    format!("The maximum number of tags for {id} is 50"),
+                ));
+            }
         }
         for id in ids {
             let t = self.tags_mut(id)?;
             for (k, v) in tags {
                 t.insert(k.clone(), v.clone());
-            }
-            if t.len() > 50 {
-                return Err(ApiError::new(
-                    "TagLimitExceeded",
-                    format!("The maximum number of tags for {id} is 50"),
-                ));
             }
         }
         Ok(())
@@ -634,8 +635,8 @@ fn validate_tag_key(k: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Applies one `TagSpecification` list for `resource_type` (others are ignored, as EC2 does for
-/// types the action does not create) and validates the keys.
+/// The tags of the `TagSpecification`s for `resource_type`; a specification for any other type is
+/// refused, as EC2 does for types the action does not create. Keys are validated.
 pub(crate) fn tags_for(specs: &[TagSpec], resource_type: &str) -> ApiResult<Tags> {
     let mut out = Tags::new();
     for (rt, tags) in specs {

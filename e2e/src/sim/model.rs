@@ -352,6 +352,11 @@ pub enum Event {
     },
     /// Some attached ENI's IPs or prefixes changed: fabric routes must be reconciled.
     AddressesChanged,
+    /// An ENI's source/destination check was switched.
+    SourceDestCheckChanged {
+        eni_id: String,
+        enabled: bool,
+    },
     VolumeCreated {
         volume_id: String,
         size_gib: u32,

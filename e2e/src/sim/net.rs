@@ -43,6 +43,31 @@ pub struct Assign {
     pub allow_reassignment: bool,
 }
 
+/// Refuses an address or prefix named twice, or an address inside a named prefix.
+fn reject_duplicates(ips: &[Ipv4Addr], prefixes: &[Ipv4Net]) -> ApiResult<()> {
+    let mut seen = HashSet::new();
+    if let Some(ip) = ips.iter().find(|ip| !seen.insert(**ip)) {
+        return Err(ApiError::invalid_param(format!(
+            "Address {ip} is specified more than once"
+        )));
+    }
+    let mut seen = HashSet::new();
+    if let Some(p) = prefixes.iter().find(|p| !seen.insert(**p)) {
+        return Err(ApiError::invalid_param(format!(
+            "Prefix {p} is specified more than once"
+        )));
+    }
+    if let Some(ip) = ips
+        .iter()
+        .find(|ip| prefixes.iter().any(|p| p.contains(*ip)))
+    {
+        return Err(ApiError::invalid_param(format!(
+            "Address {ip} lies inside a requested prefix"
+        )));
+    }
+    Ok(())
+}
+
 /// Largest `Ipv4AddressesPerInterface` in the table: the cap for an ENI not attached anywhere.
 fn unattached_slot_limit() -> u32 {
     nodewire_aws::limits::INSTANCE_TYPES
@@ -79,6 +104,18 @@ impl Sim {
 
     /// Checks that `ip` may be assigned in `subnet_id` (inside, not reserved, not in use).
     fn check_free_ip(&self, subnet_id: &str, ip: Ipv4Addr) -> ApiResult<()> {
+        self.check_ip_in_subnet(subnet_id, ip)?;
+        if self.subnet(subnet_id)?.used.contains(&ip) {
+            return Err(ApiError::new(
+                "InvalidIPAddress.InUse",
+                format!("Address {ip} is in use."),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that `ip` lies in `subnet_id` and is not one AWS reserves.
+    fn check_ip_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr) -> ApiResult<()> {
         let s = self.subnet(subnet_id)?;
         if !s.cidr.contains(&ip) {
             return Err(ApiError::invalid_param(format!(
@@ -90,12 +127,6 @@ impl Sim {
             return Err(ApiError::invalid_param(format!(
                 "Address {ip} is reserved by AWS"
             )));
-        }
-        if s.used.contains(&ip) {
-            return Err(ApiError::new(
-                "InvalidIPAddress.InUse",
-                format!("Address {ip} is in use."),
-            ));
         }
         Ok(())
     }
@@ -349,6 +380,14 @@ impl Sim {
         Ok(("running", "terminated"))
     }
 
+    /// Removes an instance without a trace (a `RunInstances` that did not reach MinCount).
+    pub fn discard_instance(&mut self, now: Instant, id: &str) {
+        if self.terminate_instance(now, id).is_ok() {
+            self.instances.remove(id);
+            self.refresh_imds(now);
+        }
+    }
+
     // ----- ENIs -----------------------------------------------------------------------
 
     pub fn create_eni(&mut self, req: CreateEni) -> ApiResult<String> {
@@ -402,9 +441,11 @@ impl Sim {
                 "SecondaryPrivateIpAddressCount cannot be specified with secondary PrivateIpAddresses",
             ));
         }
-        let slots = 1
-            + explicit_secondaries.max(req.secondary_count)
-            + req.prefix_count.max(req.prefixes.len() as u32);
+        // The final address list: the explicit ones (one of them primary) or a random primary,
+        // plus the counted secondaries.
+        let ip_count = (req.private_ips.len() as u32).max(1) + req.secondary_count;
+        let prefix_count = req.prefix_count + req.prefixes.len() as u32;
+        let slots = ip_count + prefix_count;
         let limit = unattached_slot_limit();
         if slots > limit {
             return Err(ApiError::new(
@@ -415,23 +456,15 @@ impl Sim {
             ));
         }
         // Validate explicit addresses and make sure the subnet can hold the rest, before claiming.
-        let mut seen = HashSet::new();
-        for (ip, _) in &req.private_ips {
+        let explicit: Vec<Ipv4Addr> = req.private_ips.iter().map(|(ip, _)| *ip).collect();
+        reject_duplicates(&explicit, &req.prefixes)?;
+        for ip in &explicit {
             self.check_free_ip(&s.id, *ip)?;
-            if !seen.insert(*ip) {
-                return Err(ApiError::invalid_param(format!(
-                    "Address {ip} is specified more than once"
-                )));
-            }
         }
         for p in &req.prefixes {
             self.check_free_prefix(&s.id, *p)?;
         }
-        let random_ips =
-            req.secondary_count as u64 + u64::from(!req.private_ips.iter().any(|(_, p)| *p));
-        let need = random_ips
-            + req.private_ips.len() as u64
-            + 16 * (req.prefix_count as u64 + req.prefixes.len() as u64);
+        let need = ip_count as u64 + 16 * prefix_count as u64;
         if need > s.available() {
             return Err(ApiError::new(
                 "InsufficientFreeAddressesInSubnet",
@@ -595,6 +628,13 @@ impl Sim {
                 ),
             ));
         }
+        if device_index >= card_max {
+            return Err(ApiError::invalid_param(format!(
+                "Device index {device_index} exceeds the maximum of {} for instance type {}",
+                card_max - 1,
+                t.name
+            )));
+        }
         if eni.address_slots() as u32 > t.ipv4_addresses_per_interface {
             return Err(ApiError::new(
                 "PrivateIpAddressLimitExceeded",
@@ -649,24 +689,18 @@ impl Sim {
             return Ok(());
         }
         let id = eni.id.clone();
-        let was_attaching = a.state == AttachState::Attaching;
         let due = self.due_in(now, self.timing.detach_ms);
         let e = self.eni_mut(&id)?;
         let a = e.attachment.as_mut().expect("checked above");
-        a.state = AttachState::Detaching;
-        a.due = due;
-        if was_attaching {
+        if a.state == AttachState::Attaching {
             // Never reached the node: nothing to unplug.
-            self.finish_eni_detach_quiet(&id);
+            e.attachment = None;
+        } else {
+            a.state = AttachState::Detaching;
+            a.due = due;
         }
         self.advance(now);
         Ok(())
-    }
-
-    fn finish_eni_detach_quiet(&mut self, id: &str) {
-        if let Some(e) = self.enis.get_mut(id) {
-            e.attachment = None;
-        }
     }
 
     /// Removes an ENI's attachment, emitting `EniDetached` if the node had seen it.
@@ -675,7 +709,7 @@ impl Sim {
             return;
         };
         let Some(a) = e.attachment.take() else { return };
-        if a.state != AttachState::Attaching || a.due.is_none() {
+        if a.state != AttachState::Attaching {
             let ev = Event::EniDetached {
                 instance_id: a.instance_id,
                 eni_id: e.id.clone(),
@@ -755,6 +789,11 @@ impl Sim {
         }
         if let Some(s) = source_dest_check {
             e.source_dest_check = s;
+            let ev = Event::SourceDestCheckChanged {
+                eni_id: e.id.clone(),
+                enabled: s,
+            };
+            self.emit(ev);
         }
         Ok(())
     }
@@ -815,16 +854,22 @@ impl Sim {
                 ),
             ));
         }
+        reject_duplicates(&req.ips, &req.prefixes)?;
+        // With AllowReassignment, a secondary IP of another ENI in the same subnet may move here.
+        let movable = |sim: &Sim, ip: &Ipv4Addr| {
+            req.allow_reassignment
+                && sim.enis.values().any(|e| {
+                    e.id != eni.id
+                        && e.subnet_id == eni.subnet_id
+                        && e.private_ips[1..].contains(ip)
+                })
+        };
         for ip in &new_ips {
-            if req.allow_reassignment
-                && self
-                    .enis
-                    .values()
-                    .any(|e| e.id != eni.id && e.private_ips[1..].contains(ip))
-            {
-                continue;
+            if movable(self, ip) {
+                self.check_ip_in_subnet(&eni.subnet_id, *ip)?;
+            } else {
+                self.check_free_ip(&eni.subnet_id, *ip)?;
             }
-            self.check_free_ip(&eni.subnet_id, *ip)?;
         }
         for p in &new_prefixes {
             self.check_free_prefix(&eni.subnet_id, *p)?;
@@ -844,7 +889,7 @@ impl Sim {
             let holders: Vec<(String, Ipv4Addr)> = self
                 .enis
                 .values()
-                .filter(|e| e.id != eni.id)
+                .filter(|e| e.id != eni.id && e.subnet_id == eni.subnet_id)
                 .flat_map(|e| {
                     e.private_ips[1..]
                         .iter()
@@ -855,6 +900,9 @@ impl Sim {
             for (holder, ip) in holders {
                 if let Some(h) = self.enis.get_mut(&holder) {
                     h.private_ips.retain(|x| *x != ip);
+                    if h.attachment.is_some() {
+                        self.emit(Event::AddressesChanged);
+                    }
                 }
                 self.release(&eni.subnet_id, ip);
             }

@@ -843,6 +843,7 @@ fn tags_and_filters() {
             name: "tag:node.k8s.amazonaws.com/instance_id".into(),
             values: vec!["i-*".into()],
         }],
+        filter::ENI,
         &filter::eni,
     )
     .expect("filter");
@@ -851,11 +852,12 @@ fn tags_and_filters() {
         vec![e.clone()]
     );
     let err = filter::apply(
-        s.enis.values().cloned().collect(),
+        Vec::<Eni>::new(),
         &[filter::Filter {
             name: "bogus".into(),
             values: vec![],
         }],
+        filter::ENI,
         &filter::eni,
     )
     .expect_err("unknown filter");
@@ -936,4 +938,163 @@ fn xen_types_refuse_prefixes_and_address_changes_reach_the_fabric() {
         s.drain_events().is_empty(),
         "unattached ENI: nothing routed"
     );
+}
+
+#[test]
+fn reassignment_moves_an_ip_within_the_subnet_and_resyncs_the_fabric() {
+    let (mut s, now) = sim();
+    let i = launch(&mut s, now, "m5.large");
+    let a = eni(&mut s, 1, 0);
+    let b = eni(&mut s, 0, 0);
+    s.attach_eni(now, &a, &i, 1, 0).expect("attach");
+    let ip = s.eni(&a).expect("a").private_ips[1];
+    let plain = Assign {
+        eni_id: b.clone(),
+        ips: vec![ip],
+        ..Default::default()
+    };
+    assert_eq!(
+        s.assign_private_ips(now, plain.clone())
+            .expect_err("in use")
+            .code,
+        "InvalidIPAddress.InUse"
+    );
+    s.drain_events();
+    let (got, _) = s
+        .assign_private_ips(
+            now,
+            Assign {
+                allow_reassignment: true,
+                ..plain
+            },
+        )
+        .expect("reassigned");
+    assert_eq!(got, vec![ip]);
+    assert!(!s.eni(&a).expect("a").private_ips.contains(&ip));
+    assert_eq!(
+        s.drain_events(),
+        vec![Event::AddressesChanged],
+        "the old holder is attached"
+    );
+    let sub = s.eni(&b).expect("b").subnet_id.clone();
+    assert!(
+        s.subnet(&sub).expect("subnet").used.contains(&ip),
+        "still claimed exactly once"
+    );
+    let reserved = Assign {
+        eni_id: b.clone(),
+        ips: vec![s.subnet(&sub).expect("subnet").gateway()],
+        allow_reassignment: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        s.assign_private_ips(now, reserved)
+            .expect_err("reserved")
+            .code,
+        "InvalidParameterValue"
+    );
+}
+
+#[test]
+fn duplicates_and_exact_limits() {
+    let (mut s, now) = sim();
+    let sub = s.subnet(&subnet_a(&s)).expect("subnet").clone();
+    let base = u32::from(sub.cidr.network());
+    let ip = |k: u32| Ipv4Addr::from(base + k);
+    let e = eni(&mut s, 0, 0);
+    let twice = Assign {
+        eni_id: e.clone(),
+        ips: vec![ip(40), ip(40)],
+        ..Default::default()
+    };
+    assert_eq!(
+        s.assign_private_ips(now, twice).expect_err("twice").code,
+        "InvalidParameterValue"
+    );
+    let p: ipnet::Ipv4Net = ipnet::Ipv4Net::new(ip(48), 28).expect("net");
+    let inside = CreateEni {
+        subnet_id: sub.id.clone(),
+        private_ips: vec![(ip(50), true)],
+        prefixes: vec![p],
+        ..Default::default()
+    };
+    assert_eq!(
+        s.create_eni(inside).expect_err("ip inside prefix").code,
+        "InvalidParameterValue"
+    );
+    let dup_prefix = CreateEni {
+        subnet_id: sub.id.clone(),
+        prefixes: vec![p, p],
+        ..Default::default()
+    };
+    assert_eq!(
+        s.create_eni(dup_prefix).expect_err("prefix twice").code,
+        "InvalidParameterValue"
+    );
+    // Exactly the largest per-interface limit (50) with explicit addresses and no flagged primary.
+    let explicit: Vec<(Ipv4Addr, bool)> = (0..50).map(|k| (ip(100 + k), false)).collect();
+    let id = s
+        .create_eni(CreateEni {
+            subnet_id: sub.id.clone(),
+            private_ips: explicit,
+            ..Default::default()
+        })
+        .expect("exactly 50");
+    assert_eq!(s.eni(&id).expect("eni").private_ips.len(), 50);
+}
+
+#[test]
+fn create_eni_client_token_is_idempotent() {
+    let (mut s, _) = sim();
+    let sub = subnet_a(&s);
+    let req = CreateEni {
+        subnet_id: sub,
+        secondary_count: 2,
+        client_token: Some("tok".into()),
+        ..Default::default()
+    };
+    let a = s.create_eni(req.clone()).expect("first");
+    assert_eq!(s.create_eni(req.clone()).expect("replay"), a);
+    let other = CreateEni {
+        secondary_count: 3,
+        ..req
+    };
+    assert_eq!(
+        s.create_eni(other).expect_err("mismatch").code,
+        "IdempotentParameterMismatch"
+    );
+}
+
+#[test]
+fn device_index_beyond_the_card_is_refused() {
+    let (mut s, now) = sim();
+    let i = launch(&mut s, now, "m5.large");
+    let e = eni(&mut s, 0, 0);
+    assert_eq!(
+        s.attach_eni(now, &e, &i, 3, 0)
+            .expect_err("index 3 on a 3-ENI card")
+            .code,
+        "InvalidParameterValue"
+    );
+    assert_eq!(
+        s.attach_eni(now, &e, &i, 4_000_000_000, 0)
+            .expect_err("huge")
+            .code,
+        "InvalidParameterValue"
+    );
+}
+
+#[test]
+fn tag_limit_refuses_without_partial_changes() {
+    let (mut s, _) = sim();
+    let a = eni(&mut s, 0, 0);
+    let b = eni(&mut s, 0, 0);
+    let many: Vec<(String, String)> = (0..50).map(|k| (format!("k{k}"), "v".into())).collect();
+    s.create_tags(std::slice::from_ref(&b), &many)
+        .expect("50 on b");
+    let err = s
+        .create_tags(&[a.clone(), b.clone()], &[("extra".into(), "v".into())])
+        .expect_err("b would have 51");
+    assert_eq!(err.code, "TagLimitExceeded");
+    assert!(s.eni(&a).expect("a").tags.is_empty(), "a untouched");
 }
