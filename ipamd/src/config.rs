@@ -59,6 +59,12 @@ pub struct Config {
     /// How long an ADD waits for the pool to grow before failing.
     pub add_wait: Duration,
     pub max_pods: Option<u32>,
+    /// ENIs younger than this are not freed (upstream: 1 min).
+    pub min_eni_lifetime: Duration,
+    /// Minimum spacing of scale-downs (upstream: 30 s).
+    pub decrease_interval: Duration,
+    /// No growth attempts for this long after the subnet ran out of addresses.
+    pub subnet_backoff: Duration,
 }
 
 impl Config {
@@ -215,6 +221,12 @@ impl Config {
         let add_wait_ms = uint("NODEWIRE_ADD_WAIT_MS")?.unwrap_or(5_000);
         let leaked_grace = uint("NODEWIRE_LEAKED_ENI_GRACE_SECONDS")?.unwrap_or(300);
         let max_pods = uint("MAX_PODS")?;
+        let secs = |name: &str, default: u32| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(uint(name)?.unwrap_or(default) as u64))
+        };
+        let min_eni_lifetime = secs("NODEWIRE_MIN_ENI_LIFETIME_SECONDS", 60)?;
+        let decrease_interval = secs("NODEWIRE_DECREASE_INTERVAL_SECONDS", 30)?;
+        let subnet_backoff = secs("NODEWIRE_SUBNET_BACKOFF_SECONDS", 10)?;
         Ok(Config {
             warm_eni_target,
             warm_ip_target,
@@ -253,6 +265,9 @@ impl Config {
                 .unwrap_or_else(|| "0.0.0.0:61678".into()),
             add_wait: Duration::from_millis(add_wait_ms as u64),
             max_pods,
+            min_eni_lifetime,
+            decrease_interval,
+            subnet_backoff,
         })
     }
 }

@@ -344,6 +344,15 @@ impl Datastore {
         None
     }
 
+    /// Drops the key's slot entirely, as if the assignment never happened (undoing an
+    /// assignment that could not be persisted).
+    pub fn forget(&mut self, key: &Key) {
+        for c in self.enis.values_mut().flat_map(|e| e.cidrs.values_mut()) {
+            c.slots
+                .retain(|_, s| !matches!(s, Slot::Assigned { key: k, .. } if k == key));
+        }
+    }
+
     /// Restores an allocation from a checkpoint. Returns false when the address is in no known
     /// CIDR (stale) or already held by another key.
     pub fn restore(&mut self, key: &Key, meta: &PodMeta, ip: Ipv4Addr, since_ms: u64) -> bool {

@@ -8,6 +8,9 @@
 //! passes plain data (and `now`) in. Pod network namespaces belong to vpc-cni.
 
 pub mod checkpoint;
+pub mod cloud;
 pub mod config;
+pub mod daemon;
 pub mod datastore;
 pub mod pool;
+pub mod server;

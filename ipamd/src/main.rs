@@ -1,19 +1,101 @@
-//! ipamd: the per-node IP address manager (warm pool of ENI IPs/prefixes, host ENI networking,
-//! checkpoint, gRPC for vpc-cni, metrics).
+//! ipamd: the per-node IP address manager (warm pool of ENI IPs/prefixes, checkpoint, gRPC for
+//! vpc-cni).
 //!
-//! Owns: the node's ENIs, their addresses and the host routing for them.
+//! Owns: the node's ENIs, their addresses and (later) the host routing for them.
 //! Must not touch: pod network namespaces (vpc-cni's job) or volumes.
-//!
-//! This build is the workspace foundation: it reports its version; the daemon arrives with the
-//! ipamd issue.
 
+use anyhow::{Context, Result};
 use clap::Parser;
+use ipamd::cloud::{self, SdkCloud};
+use ipamd::config::Config;
+use ipamd::daemon::Ipamd;
+use std::time::Duration;
+
+const ENV_HELP: &str = "\
+Configuration comes from the environment, with upstream aws-node's names and defaults:
+  WARM_ENI_TARGET (1)  WARM_IP_TARGET  MINIMUM_IP_TARGET  WARM_PREFIX_TARGET (1 with PD)
+  ENABLE_PREFIX_DELEGATION (false)  MAX_ENI (-1: instance limit)  MAX_PODS
+  IP_COOLDOWN_PERIOD (30 s)  AWS_VPC_ENI_MTU (9001)  AWS_VPC_K8S_CNI_EXTERNALSNAT (false)
+  AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS  AWS_VPC_K8S_CNI_RANDOMIZESNAT (prng|hashrandom|none)
+  AWS_VPC_CNI_NODE_PORT_SUPPORT (true)  AWS_VPC_K8S_CNI_CONNMARK (0x80)  AWS_EXTERNAL_SERVICE_CIDRS
+  AWS_VPC_K8S_CNI_VETHPREFIX (eni)  AWS_VPC_K8S_CNI_BACKING_STORE (upstream checkpoint, read once)
+  DISABLE_LEAKED_ENI_CLEANUP  MANAGE_UNTAGGED_ENI (true)  ADDITIONAL_ENI_TAGS ({})  CLUSTER_NAME
+  INTROSPECTION_BIND_ADDRESS (127.0.0.1:61679)  DISABLE_INTROSPECTION  DISABLE_METRICS
+nodewire's own:
+  NODEWIRE_IPAMD_SOCKET (/var/run/nodewire/ipamd.sock)  NODEWIRE_BACKING_STORE (/var/run/nodewire/ipam.json)
+  NODEWIRE_ADD_WAIT_MS (5000)  NODEWIRE_LEAKED_ENI_GRACE_SECONDS (300)  NODEWIRE_METRICS_BIND_ADDRESS
+  NODEWIRE_MIN_ENI_LIFETIME_SECONDS (60)  NODEWIRE_DECREASE_INTERVAL_SECONDS (30)
+  NODEWIRE_SUBNET_BACKOFF_SECONDS (10)
+EC2 and IMDS: the standard AWS SDK configuration (AWS_ENDPOINT_URL_EC2, credentials chain,
+AWS_EC2_METADATA_SERVICE_ENDPOINT); the region comes from IMDS.
+A bad value makes ipamd exit non-zero with one line naming the variable.";
 
 #[derive(Parser)]
-#[command(name = "ipamd", version, about = "nodewire node IP address manager")]
-struct Cli {}
+#[command(name = "ipamd", version, about = "nodewire node IP address manager", after_help = ENV_HELP)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+    /// Seconds between pool reconciliations (a change wakes the reconciler at once).
+    #[arg(long, default_value_t = 5)]
+    reconcile_interval: u64,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _ = Cli::parse();
-    anyhow::bail!("ipamd: the daemon is not part of this build yet")
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        sub.json().init()
+    } else {
+        sub.init()
+    }
+    let cfg = match Config::from_env(|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ipamd: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cfg, Duration::from_secs(cli.reconcile_interval)))
+}
+
+async fn run(cfg: Config, interval: Duration) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let imds = nodewire_aws::imds::Imds::new(None).context("IMDS client")?;
+    let node = cloud::discover(&imds)
+        .await
+        .context("discovering the node from IMDS")?;
+    tracing::info!(instance = %node.instance_id, r#type = %node.instance_type, az = %node.az, "node discovered");
+    let ec2 = nodewire_aws::ec2::client_from_env(Some(node.region.clone())).await;
+    let listener = ipamd::server::bind(&cfg.socket)
+        .with_context(|| format!("binding {}", cfg.socket.display()))?;
+    let ipamd = Ipamd::init(cfg, node, SdkCloud::new(ec2))
+        .await
+        .context("initialising the pool")?;
+    let reconciler = tokio::spawn(ipamd.clone().run(interval));
+    let stopper = ipamd.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping: no new allocations, finishing in-flight calls");
+        stopper.stop();
+    };
+    ipamd::server::serve(ipamd.clone(), listener, shutdown)
+        .await
+        .context("gRPC server")?;
+    let _ = reconciler.await;
+    let _ = std::fs::remove_file(&ipamd.cfg.socket);
+    Ok(())
 }

@@ -6,6 +6,9 @@
 //! Must not touch: any behaviour. Only generated types and service stubs live here, so every
 //! binary links the same wire format.
 
+/// Version of the ipamd <-> vpc-cni protocol this build speaks.
+pub const IPAM_PROTOCOL_VERSION: u32 = 1;
+
 /// ipamd <-> vpc-cni.
 pub mod ipam {
     tonic::include_proto!("nodewire.ipam.v1");
@@ -31,6 +34,7 @@ mod tests {
             }),
             netns: "/var/run/netns/cni-1".into(),
             host_ifname: "eni0123456789a".into(),
+            client_version: crate::IPAM_PROTOCOL_VERSION,
         };
         let bytes = req.encode_to_vec();
         assert_eq!(AddRequest::decode(bytes.as_slice()).expect("decode"), req);

@@ -1,0 +1,652 @@
+//! The daemon: the datastore behind a lock, the checkpoint written before every reply, and the
+//! reconciler that executes the warm-pool plan against EC2.
+//!
+//! EC2 calls are made without holding the datastore lock; results are applied under it. An ADD
+//! that finds the pool empty while it can still grow waits (bounded) for the reconciler instead
+//! of failing; when it cannot grow it fails at once with the reason.
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::cloud::{Cloud, CloudError, EniInfo, NewEni, Node};
+use crate::config::Config;
+use crate::datastore::{AssignError, Assignment, CidrKind, Datastore, Eni, Key, PodMeta};
+use crate::pool::{self, Action, Blocked, Limits, Target};
+use ipnet::Ipv4Net;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Mutex, Notify};
+
+pub const TAG_INSTANCE: &str = "node.k8s.amazonaws.com/instance_id";
+pub const TAG_CREATED: &str = "node.k8s.amazonaws.com/createdAt";
+pub const TAG_NO_MANAGE: &str = "node.k8s.amazonaws.com/no_manage";
+pub const TAG_CLUSTER: &str = "cluster.k8s.amazonaws.com/name";
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    /// The pool is empty and cannot grow; the message names why.
+    #[error("no free address: {0}")]
+    Exhausted(String),
+    /// The pool is growing but no address arrived in time.
+    #[error("no free address yet: the pool is growing ({0}); retry")]
+    Timeout(String),
+    #[error("could not persist the allocation: {0}")]
+    Checkpoint(#[from] checkpoint::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::Error),
+    #[error("instance type {0} is unknown to EC2 and to the built-in table")]
+    UnknownType(String),
+}
+
+struct State {
+    ds: Datastore,
+    /// ENI id → attachment id (for detach).
+    attachments: HashMap<String, String>,
+    /// Device indexes in use on card 0, ours or not (unmanaged ENIs included).
+    used_devices: BTreeSet<u32>,
+    /// No growth attempts before this (subnet exhausted, throttled).
+    backoff_until: Option<Instant>,
+    backoff_reason: Option<String>,
+    last_decrease: Option<Instant>,
+}
+
+pub struct Ipamd<C: Cloud> {
+    pub cfg: Config,
+    pub node: Node,
+    pub limits: Limits,
+    pub target: Target,
+    pub cloud: C,
+    state: Mutex<State>,
+    /// Signalled whenever the pool changes (waiting ADDs re-check).
+    changed: Notify,
+    /// Asks the reconciler for a pass now.
+    wake: Notify,
+    /// Stop allocating (SIGTERM).
+    stopping: std::sync::atomic::AtomicBool,
+    subnet_backoff: Duration,
+}
+
+impl<C: Cloud> Ipamd<C> {
+    /// Builds the datastore from EC2's view of the node, then loads the checkpoint (ours, else
+    /// upstream's) and keeps the allocations whose address is still on the node.
+    pub async fn init(cfg: Config, node: Node, cloud: C) -> Result<Arc<Self>, InitError> {
+        let (per_eni, card_enis, nitro) = match cloud.instance_type(&node.instance_type).await {
+            Ok(Some(t)) => t,
+            _ => {
+                let t = nodewire_aws::limits::lookup(&node.instance_type)
+                    .ok_or_else(|| InitError::UnknownType(node.instance_type.clone()))?;
+                (
+                    t.ipv4_addresses_per_interface,
+                    t.default_card_enis(),
+                    t.supports_prefix_delegation(),
+                )
+            }
+        };
+        let prefix_mode = cfg.prefix_delegation && nitro;
+        let max_enis = cfg.max_eni.map_or(card_enis, |m| m.min(card_enis));
+        let per_slot = if prefix_mode { 16 } else { 1 };
+        let formula_pods = card_enis * per_eni.saturating_sub(1) + 2;
+        let limits = Limits {
+            max_enis,
+            slots_per_eni: per_eni.saturating_sub(1),
+            per_slot,
+            max_pods: cfg
+                .max_pods
+                .unwrap_or(if prefix_mode { 110 } else { formula_pods }),
+        };
+        let target = if prefix_mode || !cfg.prefix_delegation {
+            cfg.target()
+        } else {
+            // Prefix delegation asked for on a non-Nitro type: upstream falls back to IPs.
+            Config {
+                prefix_delegation: false,
+                ..cfg.clone()
+            }
+            .target()
+        };
+        let mut ds = Datastore::new(prefix_mode, cfg.ip_cooldown.as_millis() as u64);
+        let mut attachments = HashMap::new();
+        let mut used_devices = BTreeSet::new();
+        for e in cloud.enis_of(&node.instance_id).await? {
+            if e.network_card != 0 {
+                continue;
+            }
+            if let Some(d) = e.device_index {
+                used_devices.insert(d);
+            }
+            if !managed(&cfg, &node, &e) {
+                continue;
+            }
+            if let Some(a) = &e.attachment_id {
+                attachments.insert(e.id.clone(), a.clone());
+            }
+            add_eni(&mut ds, &node, &e, now_ms());
+        }
+        let state = State {
+            ds,
+            attachments,
+            used_devices,
+            backoff_until: None,
+            backoff_reason: None,
+            last_decrease: None,
+        };
+        let me = Arc::new(Ipamd {
+            subnet_backoff: cfg.subnet_backoff,
+            target,
+            limits,
+            node,
+            cloud,
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            wake: Notify::new(),
+            stopping: Default::default(),
+            cfg,
+        });
+        me.load_checkpoint().await?;
+        Ok(me)
+    }
+
+    async fn load_checkpoint(&self) -> Result<(), InitError> {
+        let cp =
+            checkpoint::read_either(&self.cfg.backing_store, &self.cfg.upstream_backing_store)?;
+        let mut st = self.state.lock().await;
+        if let Some(cp) = cp {
+            let mut dropped = 0;
+            for a in &cp.allocations {
+                let Some(ip) = a.ipv4 else { continue };
+                if !st
+                    .ds
+                    .restore(&a.key, &a.metadata, ip, a.allocated_ns / 1_000_000)
+                {
+                    dropped += 1;
+                }
+            }
+            for c in &cp.cooldowns {
+                st.ds.restore_cooldown(c.ipv4, c.released_ns / 1_000_000);
+            }
+            tracing::info!(
+                restored = cp.allocations.len() - dropped,
+                dropped,
+                "checkpoint loaded"
+            );
+        }
+        checkpoint::write(&self.cfg.backing_store, &Checkpoint::of(&st.ds, now_ms()))?;
+        Ok(())
+    }
+
+    fn persist(&self, ds: &Datastore) -> Result<(), checkpoint::Error> {
+        checkpoint::write(&self.cfg.backing_store, &Checkpoint::of(ds, now_ms()))
+    }
+
+    /// Why the pool cannot grow right now, if it cannot.
+    fn cannot_grow(&self, st: &State) -> Option<String> {
+        if let Some(until) = st.backoff_until
+            && Instant::now() < until
+        {
+            return Some(
+                st.backoff_reason
+                    .clone()
+                    .unwrap_or_else(|| "backing off".into()),
+            );
+        }
+        let (actions, blocked) = pool::plan(&st.ds, now_ms(), self.target, &self.limits, |_| false);
+        let growing = actions
+            .iter()
+            .any(|a| matches!(a, Action::Assign { .. } | Action::CreateEni { .. }));
+        let s = st.ds.stats(now_ms());
+        match blocked {
+            Some(Blocked::EniLimit { max_enis }) => Some(format!(
+                "all {max_enis} ENIs of {} are in use and full ({} addresses assigned, {} in cooldown)",
+                self.node.instance_type, s.assigned, s.cooling
+            )),
+            Some(Blocked::MaxPods { max_pods }) => Some(format!("max pods ({max_pods}) reached")),
+            None if !growing && s.total as u32 >= self.limits.max_pods => Some(format!(
+                "max pods ({}) reached ({} addresses assigned, {} in cooldown)",
+                self.limits.max_pods, s.assigned, s.cooling
+            )),
+            None if !growing
+                && s.assigned + s.cooling >= s.total
+                && s.enis as u32 >= self.limits.max_enis =>
+            {
+                Some(format!(
+                    "all {} ENIs of {} are in use and full ({} addresses assigned, {} in cooldown)",
+                    self.limits.max_enis, self.node.instance_type, s.assigned, s.cooling
+                ))
+            }
+            None => None,
+        }
+    }
+
+    /// ADD: an address for `key` (the same one again for a repeated ADD).
+    pub async fn add(&self, key: &Key, meta: &PodMeta) -> Result<Assignment, AddError> {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AddError::Exhausted("ipamd is shutting down".into()));
+        }
+        let deadline = Instant::now() + self.cfg.add_wait;
+        loop {
+            let waiter = self.changed.notified();
+            tokio::pin!(waiter);
+            waiter.as_mut().enable();
+            {
+                let mut st = self.state.lock().await;
+                match st.ds.assign(key, meta, now_ms()) {
+                    Ok(a) => {
+                        if !a.existing
+                            && let Err(e) = self.persist(&st.ds)
+                        {
+                            st.ds.forget(key);
+                            return Err(e.into());
+                        }
+                        drop(st);
+                        self.wake.notify_one();
+                        return Ok(a);
+                    }
+                    Err(AssignError::Empty { .. }) => {
+                        if let Some(why) = self.cannot_grow(&st) {
+                            return Err(AddError::Exhausted(why));
+                        }
+                    }
+                }
+            }
+            self.wake.notify_one();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, waiter).await.is_err() {
+                let st = self.state.lock().await;
+                let s = st.ds.stats(now_ms());
+                return Err(AddError::Timeout(format!(
+                    "{} assigned, {} in cooldown, {} total",
+                    s.assigned, s.cooling, s.total
+                )));
+            }
+        }
+    }
+
+    /// DEL: releases the key's address into cooldown. Unknown keys are fine.
+    pub async fn del(&self, key: &Key) -> Result<Option<Assignment>, checkpoint::Error> {
+        let mut st = self.state.lock().await;
+        let r = st.ds.release(key, now_ms());
+        if r.is_some() {
+            self.persist(&st.ds)?;
+            drop(st);
+            self.wake.notify_one();
+        }
+        Ok(r)
+    }
+
+    /// GC: releases every allocation of `network` not in `valid`.
+    pub async fn gc(&self, network: &str, valid: &[Key]) -> Result<Vec<Key>, checkpoint::Error> {
+        let mut st = self.state.lock().await;
+        let now = now_ms();
+        let stale: Vec<Key> = st
+            .ds
+            .allocations()
+            .into_iter()
+            .map(|(k, ..)| k)
+            .filter(|k| k.network == network && !valid.contains(k))
+            .collect();
+        for k in &stale {
+            st.ds.release(k, now);
+        }
+        if !stale.is_empty() {
+            self.persist(&st.ds)?;
+        }
+        Ok(stale)
+    }
+
+    /// The address a key holds, if any.
+    pub async fn lookup(&self, key: &Key) -> Option<Ipv4Addr> {
+        self.state.lock().await.ds.lookup(key).map(|(ip, _)| ip)
+    }
+
+    /// Whether an ADD can be served now, and why not.
+    pub async fn status(&self) -> (bool, String) {
+        let st = self.state.lock().await;
+        let s = st.ds.stats(now_ms());
+        if s.available > 0 {
+            return (true, format!("{} addresses free", s.available));
+        }
+        match self.cannot_grow(&st) {
+            Some(why) => (false, why),
+            None => (true, "pool empty but growing".into()),
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    pub async fn stats(&self) -> crate::datastore::Stats {
+        self.state.lock().await.ds.stats(now_ms())
+    }
+
+    /// Runs the reconciler until [`Ipamd::stop`].
+    pub async fn run(self: Arc<Self>, interval: Duration) {
+        while !self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Err(e) = self.reconcile_once().await {
+                tracing::warn!(error = %e, "pool reconcile failed");
+            }
+            let _ = tokio::time::timeout(interval, self.wake.notified()).await;
+        }
+    }
+
+    /// One pass: plan under the lock, call EC2 outside it, apply the results under it.
+    pub async fn reconcile_once(&self) -> Result<(), CloudError> {
+        let now = now_ms();
+        let (actions, device_slots) = {
+            let st = self.state.lock().await;
+            if st.backoff_until.is_some_and(|u| Instant::now() < u) {
+                return Ok(());
+            }
+            let created: BTreeMap<String, u64> = st
+                .ds
+                .enis
+                .values()
+                .map(|e| (e.id.clone(), e.created_ms))
+                .collect();
+            let (mut actions, _) = pool::plan(&st.ds, now, self.target, &self.limits, |id| {
+                created.get(id).is_some_and(|c| {
+                    now.saturating_sub(*c) >= self.cfg.min_eni_lifetime.as_millis() as u64
+                })
+            });
+            // Scale-downs are spaced (upstream: 30 s).
+            if st
+                .last_decrease
+                .is_some_and(|t| t.elapsed() < self.cfg.decrease_interval)
+            {
+                actions.retain(|a| matches!(a, Action::Assign { .. } | Action::CreateEni { .. }));
+            }
+            let free: Vec<u32> = (1..self.limits.max_enis.max(1) + 8)
+                .filter(|d| !st.used_devices.contains(d))
+                .collect();
+            (actions, free)
+        };
+        let mut free_devices = device_slots.into_iter();
+        let mut creates = Vec::new();
+        for a in actions {
+            match a {
+                Action::Assign { eni_id, count } => self.grow_eni(&eni_id, count).await?,
+                Action::CreateEni { count } => {
+                    let Some(dev) = free_devices.next() else {
+                        break;
+                    };
+                    creates.push(self.create_eni(dev, count));
+                }
+                Action::Release { cidrs } => self.release_cidrs(cidrs).await?,
+                Action::FreeEni { eni_id } => self.free_eni(&eni_id).await?,
+            }
+        }
+        // Several ENIs are brought up concurrently when the deficit needs them.
+        for r in futures::future::join_all(creates).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    fn counts(&self, count: u32) -> (u32, u32) {
+        if self.limits.per_slot == 16 {
+            (0, count)
+        } else {
+            (count, 0)
+        }
+    }
+
+    async fn note_error(&self, e: &CloudError) {
+        if e.is_subnet_exhausted() || e.is_throttle() {
+            let mut st = self.state.lock().await;
+            st.backoff_until = Some(Instant::now() + self.subnet_backoff);
+            st.backoff_reason = Some(if e.is_subnet_exhausted() {
+                format!(
+                    "subnet {} has no free addresses ({})",
+                    self.node.subnet_id, e.code
+                )
+            } else {
+                format!("EC2 is throttling ({})", e.code)
+            });
+            drop(st);
+            self.changed.notify_waiters();
+        }
+    }
+
+    async fn grow_eni(&self, eni_id: &str, count: u32) -> Result<(), CloudError> {
+        let (ips, prefixes) = self.counts(count);
+        match self.cloud.assign(eni_id, ips, prefixes).await {
+            Ok((got_ips, got_prefixes)) => {
+                let mut st = self.state.lock().await;
+                add_cidrs(&mut st.ds, eni_id, &got_ips, &got_prefixes);
+                drop(st);
+                self.changed.notify_waiters();
+                Ok(())
+            }
+            Err(e) => {
+                self.note_error(&e).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_eni(&self, device: u32, count: u32) -> Result<(), CloudError> {
+        let (ips, prefixes) = self.counts(count);
+        let mut tags = self.cfg.additional_eni_tags.clone();
+        tags.insert(TAG_INSTANCE.into(), self.node.instance_id.clone());
+        tags.insert(TAG_CREATED.into(), rfc3339_now());
+        if let Some(c) = &self.cfg.cluster_name {
+            tags.insert(TAG_CLUSTER.into(), c.clone());
+        }
+        let req = NewEni {
+            subnet_id: self.node.subnet_id.clone(),
+            security_groups: self.node.security_groups.clone(),
+            description: format!("aws-K8S-{}", self.node.instance_id),
+            tags,
+            ips,
+            prefixes,
+        };
+        let eni = match self.cloud.create_eni(req).await {
+            Ok(e) => e,
+            Err(e) => {
+                self.note_error(&e).await;
+                return Err(e);
+            }
+        };
+        self.state.lock().await.used_devices.insert(device);
+        let attachment = match self
+            .cloud
+            .attach_eni(&eni.id, &self.node.instance_id, device)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                // Never leave an unattached ENI of ours behind.
+                let _ = self.cloud.delete_eni(&eni.id).await;
+                self.state.lock().await.used_devices.remove(&device);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.cloud.delete_on_termination(&eni.id, &attachment).await {
+            let _ = self.detach_and_delete(&eni.id, &attachment).await;
+            self.state.lock().await.used_devices.remove(&device);
+            return Err(e);
+        }
+        // Wait for EC2 to finish attaching (it passes through `attaching`).
+        let attached = self.wait_status(&eni.id, "in-use").await?;
+        let mut st = self.state.lock().await;
+        st.attachments.insert(eni.id.clone(), attachment);
+        add_eni(
+            &mut st.ds,
+            &self.node,
+            &EniInfo {
+                device_index: Some(device),
+                ..attached
+            },
+            now_ms(),
+        );
+        drop(st);
+        self.changed.notify_waiters();
+        tracing::info!(eni = %eni.id, device, ips, prefixes, "ENI attached");
+        Ok(())
+    }
+
+    async fn wait_status(&self, eni_id: &str, status: &str) -> Result<EniInfo, CloudError> {
+        let policy = nodewire_aws::retry::Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+            factor: 1.5,
+            max_attempts: 40,
+        };
+        let mut attempt = 0;
+        loop {
+            if let Some(e) = self.cloud.eni(eni_id).await?
+                && e.status == status
+            {
+                return Ok(e);
+            }
+            let Some(d) = policy.delay(attempt) else {
+                return Err(CloudError {
+                    action: "DescribeNetworkInterfaces",
+                    code: "Timeout".into(),
+                    message: format!("{eni_id} did not become {status}"),
+                });
+            };
+            tokio::time::sleep(d).await;
+            attempt += 1;
+        }
+    }
+
+    async fn detach_and_delete(&self, eni_id: &str, attachment: &str) -> Result<(), CloudError> {
+        self.cloud.detach_eni(attachment).await?;
+        self.wait_status(eni_id, "available").await?;
+        self.cloud.delete_eni(eni_id).await
+    }
+
+    async fn release_cidrs(&self, cidrs: Vec<(String, Ipv4Net)>) -> Result<(), CloudError> {
+        let now = now_ms();
+        let mut by_eni: BTreeMap<String, Vec<Ipv4Net>> = BTreeMap::new();
+        {
+            let mut st = self.state.lock().await;
+            for (eni, net) in cidrs {
+                // Still free? (an ADD may have taken it since the plan)
+                if st.ds.remove_cidr(&eni, net, now, false) {
+                    by_eni.entry(eni).or_default().push(net);
+                }
+            }
+            st.last_decrease = Some(Instant::now());
+        }
+        for (eni, nets) in by_eni {
+            let ips: Vec<Ipv4Addr> = nets
+                .iter()
+                .filter(|n| n.prefix_len() == 32)
+                .map(|n| n.addr())
+                .collect();
+            let prefixes: Vec<Ipv4Net> = nets
+                .iter()
+                .filter(|n| n.prefix_len() != 32)
+                .copied()
+                .collect();
+            if let Err(e) = self
+                .cloud
+                .unassign(&eni, ips.clone(), prefixes.clone())
+                .await
+            {
+                // EC2 still has them: keep them in the pool.
+                let mut st = self.state.lock().await;
+                add_cidrs(&mut st.ds, &eni, &ips, &prefixes);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn free_eni(&self, eni_id: &str) -> Result<(), CloudError> {
+        let attachment = {
+            let mut st = self.state.lock().await;
+            if !st.ds.remove_eni(eni_id, now_ms(), false) {
+                return Ok(());
+            }
+            st.last_decrease = Some(Instant::now());
+            st.attachments.remove(eni_id)
+        };
+        if let Some(a) = attachment {
+            self.detach_and_delete(eni_id, &a).await?;
+        }
+        let mut st = self.state.lock().await;
+        st.used_devices = st.ds.enis.keys().copied().collect();
+        tracing::info!(eni = eni_id, "ENI freed");
+        Ok(())
+    }
+}
+
+fn managed(cfg: &Config, node: &Node, e: &EniInfo) -> bool {
+    if e.device_index == Some(0) {
+        return true;
+    }
+    if e.tags.get(TAG_NO_MANAGE).is_some_and(|v| v == "true") {
+        return false;
+    }
+    match e.tags.get(TAG_INSTANCE) {
+        Some(i) => *i == node.instance_id,
+        None => cfg.manage_untagged_eni,
+    }
+}
+
+fn add_eni(ds: &mut Datastore, node: &Node, e: &EniInfo, now: u64) {
+    let device = e.device_index.unwrap_or(0);
+    let Some(primary_ip) = e.primary_ip else {
+        return;
+    };
+    ds.add_eni(Eni {
+        id: e.id.clone(),
+        device_number: device,
+        primary: device == 0,
+        primary_ip,
+        subnet_id: e.subnet_id.clone(),
+        subnet_cidr: node.subnet_cidr,
+        route_table: Eni::route_table_for(device, device == 0),
+        created_ms: now,
+        cidrs: Default::default(),
+    });
+    add_cidrs(ds, &e.id, &e.ips, &e.prefixes);
+}
+
+fn add_cidrs(ds: &mut Datastore, eni_id: &str, ips: &[Ipv4Addr], prefixes: &[Ipv4Net]) {
+    let nets: Vec<Ipv4Net> = ips
+        .iter()
+        .map(|ip| Ipv4Net::new(*ip, 32).expect("32 is valid"))
+        .collect();
+    ds.add_cidrs(eni_id, &nets, CidrKind::Ip);
+    ds.add_cidrs(eni_id, prefixes, CidrKind::Prefix);
+}
+
+fn rfc3339_now() -> String {
+    let s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (s.div_euclid(86400), s.rem_euclid(86400));
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

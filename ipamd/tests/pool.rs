@@ -1,0 +1,279 @@
+//! ipamd end to end against vpcsim: the real binary inside a node namespace, driven over its
+//! unix socket by a gRPC client, with EC2's state read back from the simulation.
+
+use e2e::node::{NodeInfo, Options, Vpcsim};
+use e2e::sim::Timing;
+use nodewire_proto::IPAM_PROTOCOL_VERSION;
+use nodewire_proto::ipam::ipam_client::IpamClient;
+use nodewire_proto::ipam::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+struct Ipamd {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Ipamd {
+    fn start(node: &NodeInfo, dir: &Path, env: &[(&str, &str)]) -> Ipamd {
+        let socket = dir.join("ipamd.sock");
+        let log = dir.join("ipamd.log");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node.netns, env!("CARGO_BIN_EXE_ipamd")])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_ENDPOINT_URL_EC2", "http://169.254.169.254:8773")
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "x")
+            .env("RUST_LOG", "info")
+            .env("NODEWIRE_IPAMD_SOCKET", &socket)
+            .env("NODEWIRE_BACKING_STORE", dir.join("ipam.json"))
+            .env(
+                "AWS_VPC_K8S_CNI_BACKING_STORE",
+                dir.join("upstream-ipam.json"),
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Ipamd {
+            child: cmd.spawn().expect("spawn ipamd"),
+            socket,
+            log,
+        }
+    }
+
+    async fn client(&self) -> IpamClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.socket.exists() {
+                let path = self.socket.clone();
+                let ch = tonic::transport::Endpoint::try_from("http://ipamd.local")
+                    .expect("endpoint")
+                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                        let path = path.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                                tokio::net::UnixStream::connect(path).await?,
+                            ))
+                        }
+                    }))
+                    .await;
+                if let Ok(ch) = ch {
+                    return IpamClient::new(ch);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ipamd never listened: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Ipamd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+fn key(n: usize) -> AttachmentKey {
+    AttachmentKey {
+        network_name: "aws-cni".into(),
+        container_id: format!("sandbox-{n}"),
+        ifname: "eth0".into(),
+    }
+}
+
+fn add(n: usize) -> AddRequest {
+    AddRequest {
+        key: Some(key(n)),
+        pod: Some(PodRef {
+            namespace: "default".into(),
+            name: format!("pod-{n}"),
+            ..Default::default()
+        }),
+        netns: format!("/var/run/netns/cni-{n}"),
+        host_ifname: format!("eni{n:011}"),
+        client_version: IPAM_PROTOCOL_VERSION,
+    }
+}
+
+/// (ENIs attached to the instance with their address counts, ENIs `available` in the VPC).
+fn ec2_view(sim: &Vpcsim, instance: &str) -> (Vec<usize>, usize) {
+    let s = sim.shared.sim();
+    let mine = s
+        .enis
+        .values()
+        .filter(|e| e.attached_to(instance))
+        .map(|e| e.private_ips.len())
+        .collect();
+    let available = s.enis.values().filter(|e| e.attachment.is_none()).count();
+    (mine, available)
+}
+
+async fn wait_for(what: &str, log: &Path, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !probe() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; ipamd log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m5_large_defaults_fill_to_27_pods_then_fail_fast_and_shrink_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let timing = Timing {
+        attach_ms: 50,
+        detach_ms: 50,
+        create_ms: 30,
+        modify_ms: 50,
+        snapshot_ms: 50,
+        imds_lag_ms: 100,
+    };
+    let opts = Options {
+        nodes: 1,
+        instance_type: "m5.large".into(),
+        state_dir: dir.path().join("vpc"),
+        timing,
+        seed: 11,
+        imds_v1: false,
+        zone: None,
+    };
+    let sim = Vpcsim::start(opts).await.expect("vpcsim");
+    let node = sim.info.nodes[0].clone();
+    let ipamd = Ipamd::start(
+        &node,
+        dir.path(),
+        &[
+            ("IP_COOLDOWN_PERIOD", "1"),
+            ("NODEWIRE_MIN_ENI_LIFETIME_SECONDS", "0"),
+            ("NODEWIRE_DECREASE_INTERVAL_SECONDS", "0"),
+            ("NODEWIRE_ADD_WAIT_MS", "10000"),
+        ],
+    );
+    let mut c = ipamd.client().await;
+
+    // WARM_ENI_TARGET=1 on a fresh node: the primary ENI filled with 9 secondary IPs, no other ENI.
+    wait_for("the warm pool", &ipamd.log, || {
+        ec2_view(&sim, &node.instance_id) == (vec![10], 0)
+    })
+    .await;
+    let st = c
+        .status(StatusRequest {
+            client_version: IPAM_PROTOCOL_VERSION,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(st.ready, "{st:?}");
+
+    // 27 pods fit (3 ENIs × 9), packed, all distinct.
+    let mut ips = BTreeSet::new();
+    for n in 0..27 {
+        let r = c
+            .add(add(n))
+            .await
+            .unwrap_or_else(|e| panic!("add {n}: {e}"))
+            .into_inner();
+        assert!(ips.insert(r.ipv4.clone()), "{} handed out twice", r.ipv4);
+        assert_eq!(
+            (r.route_table, r.device_number),
+            if n < 9 {
+                (254, 0)
+            } else {
+                (r.device_number + 1, r.device_number)
+            }
+        );
+        assert_eq!(r.mtu, 9001);
+    }
+    let again = c.add(add(3)).await.expect("repeated ADD").into_inner();
+    assert!(
+        ips.contains(&again.ipv4),
+        "a repeated ADD returns the same address"
+    );
+    assert_eq!(ec2_view(&sim, &node.instance_id), (vec![10, 10, 10], 0));
+
+    // The 28th fails at once, naming the limit.
+    let t = Instant::now();
+    let err = c.add(add(27)).await.expect_err("no room");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("3 ENIs of m5.large"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "failed fast: {:?}",
+        t.elapsed()
+    );
+    let st = c
+        .status(StatusRequest {
+            client_version: IPAM_PROTOCOL_VERSION,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(!st.ready && st.reason.contains("m5.large"), "{st:?}");
+
+    // A client speaking another protocol version is refused.
+    let mut old = add(99);
+    old.client_version = 0;
+    assert_eq!(
+        c.add(old).await.expect_err("version").code(),
+        tonic::Code::FailedPrecondition
+    );
+
+    // Release everything: after the cooldown the surplus ENIs go back to EC2, none left available.
+    for n in 0..27 {
+        let r = c
+            .del(DelRequest {
+                key: Some(key(n)),
+                client_version: IPAM_PROTOCOL_VERSION,
+                ..Default::default()
+            })
+            .await
+            .expect("del")
+            .into_inner();
+        assert!(!r.ipv4.is_empty());
+    }
+    let r = c
+        .del(DelRequest {
+            key: Some(key(0)),
+            client_version: IPAM_PROTOCOL_VERSION,
+            ..Default::default()
+        })
+        .await
+        .expect("second DEL");
+    assert!(
+        r.into_inner().ipv4.is_empty(),
+        "unknown key is not an error"
+    );
+    wait_for("the pool to shrink to one warm ENI", &ipamd.log, || {
+        ec2_view(&sim, &node.instance_id) == (vec![10], 0)
+    })
+    .await;
+
+    // The checkpoint on disk is the upstream-compatible shape.
+    let cp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("ipam.json")).expect("checkpoint"))
+            .expect("json");
+    assert_eq!(cp["version"], "nodewire-ipam/1");
+    assert_eq!(cp["allocations"].as_array().map(Vec::len), Some(0));
+    drop(ipamd);
+    sim.shutdown().await.expect("shutdown");
+}
