@@ -48,6 +48,8 @@ pub enum InitError {
     Checkpoint(#[from] checkpoint::Error),
     #[error("instance type {0} is unknown to EC2 and to the built-in table")]
     UnknownType(String),
+    #[error("host networking: {0}")]
+    Host(#[from] crate::hostnet::Error),
 }
 
 struct State {
@@ -63,6 +65,8 @@ struct State {
 }
 
 pub struct Ipamd<C: Cloud> {
+    /// Host networking of the ENIs (absent when ipamd runs without netlink, e.g. unit tests).
+    host: Option<crate::hostnet::HostNet>,
     pub cfg: Config,
     pub node: Node,
     pub limits: Limits,
@@ -73,6 +77,8 @@ pub struct Ipamd<C: Cloud> {
     changed: Notify,
     /// Asks the reconciler for a pass now.
     wake: Notify,
+    /// ENI id → MAC (to find its link).
+    macs: Mutex<HashMap<String, String>>,
     /// Stop allocating (SIGTERM).
     stopping: std::sync::atomic::AtomicBool,
     subnet_backoff: Duration,
@@ -81,7 +87,12 @@ pub struct Ipamd<C: Cloud> {
 impl<C: Cloud> Ipamd<C> {
     /// Builds the datastore from EC2's view of the node, then loads the checkpoint (ours, else
     /// upstream's) and keeps the allocations whose address is still on the node.
-    pub async fn init(cfg: Config, node: Node, cloud: C) -> Result<Arc<Self>, InitError> {
+    pub async fn init(
+        cfg: Config,
+        node: Node,
+        cloud: C,
+        host: Option<crate::hostnet::HostNet>,
+    ) -> Result<Arc<Self>, InitError> {
         let (per_eni, card_enis, nitro) = match cloud.instance_type(&node.instance_type).await {
             Ok(Some(t)) => t,
             _ => {
@@ -118,6 +129,7 @@ impl<C: Cloud> Ipamd<C> {
         };
         let mut ds = Datastore::new(prefix_mode, cfg.ip_cooldown.as_millis() as u64);
         let mut attachments = HashMap::new();
+        let mut macs = HashMap::new();
         let mut used_devices = BTreeSet::new();
         for e in cloud.enis_of(&node.instance_id).await? {
             if e.network_card != 0 {
@@ -132,6 +144,7 @@ impl<C: Cloud> Ipamd<C> {
             if let Some(a) = &e.attachment_id {
                 attachments.insert(e.id.clone(), a.clone());
             }
+            macs.insert(e.id.clone(), e.mac.clone());
             add_eni(&mut ds, &node, &e, now_ms());
         }
         let state = State {
@@ -143,6 +156,7 @@ impl<C: Cloud> Ipamd<C> {
             last_decrease: None,
         };
         let me = Arc::new(Ipamd {
+            host,
             subnet_backoff: cfg.subnet_backoff,
             target,
             limits,
@@ -151,11 +165,57 @@ impl<C: Cloud> Ipamd<C> {
             state: Mutex::new(state),
             changed: Notify::new(),
             wake: Notify::new(),
+            macs: Mutex::new(macs),
             stopping: Default::default(),
             cfg,
         });
+        me.setup_host().await?;
         me.load_checkpoint().await?;
         Ok(me)
+    }
+
+    /// Re-applies host networking for every managed ENI (idempotent).
+    async fn setup_host(&self) -> Result<(), InitError> {
+        let Some(h) = &self.host else { return Ok(()) };
+        h.setup_primary(&self.node.primary_mac, self.cfg.eni_mtu)
+            .await?;
+        let enis: Vec<(String, Ipv4Addr, u32, String)> = {
+            let st = self.state.lock().await;
+            st.ds
+                .enis
+                .values()
+                .filter(|e| !e.primary)
+                .map(|e| {
+                    (
+                        e.id.clone(),
+                        e.primary_ip,
+                        e.route_table,
+                        e.subnet_id.clone(),
+                    )
+                })
+                .collect()
+        };
+        for (id, ip, table, subnet) in enis {
+            let Some(mac) = self.macs.lock().await.get(&id).cloned() else {
+                continue;
+            };
+            if subnet != self.node.subnet_id {
+                tracing::warn!(eni = %id, %subnet, "ENI outside the node's subnet: host routes not managed");
+                continue;
+            }
+            h.setup_eni(&self.eni_net(&mac, ip, table)).await?;
+        }
+        Ok(())
+    }
+
+    fn eni_net(&self, mac: &str, ip: Ipv4Addr, table: u32) -> crate::hostnet::EniNet {
+        crate::hostnet::EniNet {
+            mac: mac.to_string(),
+            primary_ip: ip,
+            subnet: self.node.subnet_cidr,
+            table,
+            mtu: self.cfg.eni_mtu,
+        }
     }
 
     async fn load_checkpoint(&self) -> Result<(), InitError> {
@@ -480,8 +540,25 @@ impl<C: Cloud> Ipamd<C> {
             self.state.lock().await.used_devices.remove(&device);
             return Err(e);
         }
-        // Wait for EC2 to finish attaching (it passes through `attaching`).
+        // Wait for EC2 to finish attaching (it passes through `attaching`), then for the link.
         let attached = self.wait_status(&eni.id, "in-use").await?;
+        self.macs
+            .lock()
+            .await
+            .insert(eni.id.clone(), attached.mac.clone());
+        if let (Some(h), Some(ip)) = (&self.host, attached.primary_ip) {
+            let table = Eni::route_table_for(device, false);
+            if let Err(e) = h.setup_eni(&self.eni_net(&attached.mac, ip, table)).await {
+                tracing::error!(eni = %eni.id, error = %e, "host setup failed; giving the ENI back");
+                let _ = self.detach_and_delete(&eni.id, &attachment).await;
+                self.state.lock().await.used_devices.remove(&device);
+                return Err(CloudError {
+                    action: "HostSetup",
+                    code: "HostNetworking".into(),
+                    message: e.to_string(),
+                });
+            }
+        }
         let mut st = self.state.lock().await;
         st.attachments.insert(eni.id.clone(), attachment);
         add_eni(
@@ -572,8 +649,14 @@ impl<C: Cloud> Ipamd<C> {
     async fn free_eni(&self, eni_id: &str) -> Result<(), CloudError> {
         let attachment = {
             let mut st = self.state.lock().await;
+            let ip = st.ds.eni_by_id(eni_id).map(|e| e.primary_ip);
             if !st.ds.remove_eni(eni_id, now_ms(), false) {
                 return Ok(());
+            }
+            if let (Some(h), Some(ip)) = (&self.host, ip)
+                && let Err(e) = h.remove_eni(ip).await
+            {
+                tracing::warn!(eni = eni_id, error = %e, "could not remove the ENI rule");
             }
             st.last_decrease = Some(Instant::now());
             st.attachments.remove(eni_id)

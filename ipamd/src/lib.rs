@@ -12,5 +12,6 @@ pub mod cloud;
 pub mod config;
 pub mod daemon;
 pub mod datastore;
+pub mod hostnet;
 pub mod pool;
 pub mod server;

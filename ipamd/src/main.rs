@@ -79,7 +79,8 @@ async fn run(cfg: Config, interval: Duration) -> Result<()> {
     let ec2 = nodewire_aws::ec2::client_from_env(Some(node.region.clone())).await;
     let listener = ipamd::server::bind(&cfg.socket)
         .with_context(|| format!("binding {}", cfg.socket.display()))?;
-    let ipamd = Ipamd::init(cfg, node, SdkCloud::new(ec2))
+    let host = ipamd::hostnet::HostNet::new().context("netlink")?;
+    let ipamd = Ipamd::init(cfg, node, SdkCloud::new(ec2), Some(host))
         .await
         .context("initialising the pool")?;
     let reconciler = tokio::spawn(ipamd.clone().run(interval));

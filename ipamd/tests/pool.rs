@@ -200,6 +200,58 @@ async fn m5_large_defaults_fill_to_27_pods_then_fail_fast_and_shrink_back() {
         );
         assert_eq!(r.mtu, 9001);
     }
+    // Host networking of the two secondary ENIs, exactly once each.
+    let enis: Vec<(u32, String)> = {
+        let s = sim.shared.sim();
+        s.enis
+            .values()
+            .filter_map(|e| {
+                let a = e.attachment.as_ref()?;
+                (a.instance_id == node.instance_id && a.device_index > 0)
+                    .then(|| (a.device_index, e.primary_ip().to_string()))
+            })
+            .collect()
+    };
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["-n", &node.netns])
+            .args(args)
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let rules = ip(&["-4", "rule"]);
+    let main = ip(&["-4", "route", "show", "table", "main"]);
+    for (dev, eni_ip) in &enis {
+        let table = dev + 1;
+        let rule = format!("32765:\tfrom {eni_ip} lookup {table}");
+        assert_eq!(rules.matches(&rule).count(), 1, "{rule:?} in\n{rules}");
+        let routes = ip(&["-4", "route", "show", "table", &table.to_string()]);
+        assert!(
+            routes.contains(&format!("default via 10.90.0.1 dev eth{dev}")),
+            "{routes}"
+        );
+        assert!(
+            routes
+                .lines()
+                .any(|l| l.starts_with(&format!("10.90.0.1 dev eth{dev} "))
+                    && l.contains("scope link")),
+            "{routes}"
+        );
+        assert!(
+            !main.contains(&format!("dev eth{dev}")),
+            "subnet route left in main:\n{main}"
+        );
+        let addr = ip(&["-4", "-br", "addr", "show", &format!("eth{dev}")]);
+        assert!(
+            addr.contains(&format!("{eni_ip}/20")) && addr.contains("UP"),
+            "{addr}"
+        );
+        let link = ip(&["link", "show", &format!("eth{dev}")]);
+        assert!(link.contains("mtu 9001"), "{link}");
+    }
+    assert_eq!(enis.len(), 2);
+
     let again = c.add(add(3)).await.expect("repeated ADD").into_inner();
     assert!(
         ips.contains(&again.ipv4),
@@ -274,6 +326,126 @@ async fn m5_large_defaults_fill_to_27_pods_then_fail_fast_and_shrink_back() {
             .expect("json");
     assert_eq!(cp["version"], "nodewire-ipam/1");
     assert_eq!(cp["allocations"].as_array().map(Vec::len), Some(0));
+    drop(ipamd);
+    sim.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_burst_loses_nothing_and_keeps_cooldowns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let timing = Timing {
+        attach_ms: 50,
+        detach_ms: 50,
+        create_ms: 30,
+        modify_ms: 50,
+        snapshot_ms: 50,
+        imds_lag_ms: 100,
+    };
+    let opts = Options {
+        nodes: 1,
+        instance_type: "m5.large".into(),
+        state_dir: dir.path().join("vpc"),
+        timing,
+        seed: 12,
+        imds_v1: false,
+        zone: None,
+    };
+    let sim = Vpcsim::start(opts).await.expect("vpcsim");
+    let node = sim.info.nodes[0].clone();
+    let env = [("NODEWIRE_ADD_WAIT_MS", "10000")];
+    let mut ipamd = Ipamd::start(&node, dir.path(), &env);
+    let mut c = ipamd.client().await;
+    let mut held = std::collections::BTreeMap::new();
+    for n in 0..12 {
+        held.insert(n, c.add(add(n)).await.expect("add").into_inner().ipv4);
+    }
+    let mut released = BTreeSet::new();
+    for n in 0..4 {
+        c.del(DelRequest {
+            key: Some(key(n)),
+            client_version: IPAM_PROTOCOL_VERSION,
+            ..Default::default()
+        })
+        .await
+        .expect("del");
+        released.insert(held.remove(&n).expect("held"));
+    }
+    // A burst of concurrent ADDs; kill -9 once some have been answered.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for n in 12..24 {
+        let mut c = c.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let r = c.add(add(n)).await.map(|r| r.into_inner().ipv4);
+            let _ = tx.send((n, r));
+        });
+    }
+    drop(tx);
+    for _ in 0..3 {
+        let (n, r) = rx.recv().await.expect("an answer");
+        held.insert(n, r.expect("answered before the kill"));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ipamd.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    ipamd.child.wait().expect("reaped");
+    while let Some((n, r)) = rx.recv().await {
+        if let Ok(ip) = r {
+            held.insert(n, ip);
+        }
+    }
+    drop(ipamd);
+
+    let ipamd = Ipamd::start(&node, dir.path(), &env);
+    let mut c = ipamd.client().await;
+    // Every acknowledged allocation survived with its address.
+    for (n, ip) in &held {
+        let r = c.add(add(*n)).await.expect("re-ADD").into_inner();
+        assert_eq!(&r.ipv4, ip, "pod {n} kept its address");
+    }
+    // The runtime's GC releases anything persisted whose reply was lost in the kill.
+    let valid: Vec<AttachmentKey> = held.keys().map(|n| key(*n)).collect();
+    c.gc(GcRequest {
+        network_name: "aws-cni".into(),
+        valid,
+        client_version: IPAM_PROTOCOL_VERSION,
+    })
+    .await
+    .expect("gc");
+    // Released addresses are still cooling: new pods never get them; nothing is handed out twice.
+    let mut all: BTreeSet<String> = held.values().cloned().collect();
+    assert_eq!(all.len(), held.len(), "no duplicates before the restart");
+    let mut n = 100;
+    let err = loop {
+        match c.add(add(n)).await {
+            Ok(r) => {
+                let ip = r.into_inner().ipv4;
+                assert!(!released.contains(&ip), "{ip} reused inside its cooldown");
+                assert!(all.insert(ip.clone()), "{ip} handed out twice");
+                n += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("in cooldown"), "{}", err.message());
+    assert!(
+        !err.message().contains(" 0 in cooldown"),
+        "the cooldowns survived the restart: {}",
+        err.message()
+    );
+    // Every address ipamd hands out is one EC2 has on this node.
+    let on_node: BTreeSet<String> = {
+        let s = sim.shared.sim();
+        s.enis
+            .values()
+            .filter(|e| e.attached_to(&node.instance_id))
+            .flat_map(|e| e.private_ips.iter().map(|i| i.to_string()))
+            .collect()
+    };
+    assert!(all.is_subset(&on_node), "ipamd's view matches EC2");
     drop(ipamd);
     sim.shutdown().await.expect("shutdown");
 }

@@ -1,0 +1,271 @@
+//! Host networking for the node's ENIs (netlink through rtnetlink), idempotent so a restart
+//! re-applies it without duplicates:
+//!
+//! * primary ENI: MTU only (its address and routes are the OS's);
+//! * secondary ENI at device d: MTU, up, its primary address with the subnet's prefix length,
+//!   route table d + 1 holding `<gw>/32 scope link` and `default via <gw>`, the kernel's subnet
+//!   route removed from main, rule `from <ENI IP> lookup d+1` at priority 32765.
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::route::{RouteProtocol, RouteScope};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+pub const ENI_RULE_PRIORITY: u32 = 32765;
+const MAIN_TABLE: u32 = 254;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("no link with MAC {0} appeared")]
+    NoLink(String),
+    #[error("netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Netlink { what, source }
+}
+
+/// One secondary ENI's host setup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniNet {
+    pub mac: String,
+    pub primary_ip: Ipv4Addr,
+    pub subnet: Ipv4Net,
+    pub table: u32,
+    pub mtu: u32,
+}
+
+pub struct HostNet {
+    h: Handle,
+}
+
+fn is_missing(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ESRCH || m.raw_code() == -libc::ENOENT)
+}
+
+impl HostNet {
+    /// Opens a netlink connection in the current network namespace.
+    pub fn new() -> Result<HostNet, Error> {
+        let (conn, h, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(HostNet { h })
+    }
+
+    /// The index of the link with `mac`, waiting up to `timeout` for it to appear.
+    pub async fn wait_link(&self, mac: &str, timeout: Duration) -> Result<u32, Error> {
+        let want = mac.to_ascii_lowercase();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut links = self.h.link().get().execute();
+            while let Some(l) = links.try_next().await.map_err(nl("listing links"))? {
+                let m = l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(b) if b.len() == 6 => Some(
+                        b.iter()
+                            .map(|x| format!("{x:02x}"))
+                            .collect::<Vec<_>>()
+                            .join(":"),
+                    ),
+                    _ => None,
+                });
+                if m.as_deref() == Some(want.as_str()) {
+                    return Ok(l.header.index);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NoLink(mac.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The primary ENI: only the MTU.
+    pub async fn setup_primary(&self, mac: &str, mtu: u32) -> Result<(), Error> {
+        let idx = self.wait_link(mac, Duration::from_secs(10)).await?;
+        self.h
+            .link()
+            .set(LinkUnspec::new_with_index(idx).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(nl("setting the primary ENI's MTU"))
+    }
+
+    /// A secondary ENI (see the module docs).
+    pub async fn setup_eni(&self, e: &EniNet) -> Result<(), Error> {
+        let idx = self.wait_link(&e.mac, Duration::from_secs(30)).await?;
+        self.h
+            .link()
+            .set(LinkUnspec::new_with_index(idx).mtu(e.mtu).up().build())
+            .execute()
+            .await
+            .map_err(nl("link up"))?;
+        // Exactly one global address: the ENI's primary IP with the subnet's prefix length.
+        let mut have_ours = false;
+        let mut addrs = self.h.address().get().set_link_index_filter(idx).execute();
+        let mut stale = Vec::new();
+        while let Some(a) = addrs.try_next().await.map_err(nl("listing addresses"))? {
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            match ip {
+                Some(ip) if ip == e.primary_ip && a.header.prefix_len == e.subnet.prefix_len() => {
+                    have_ours = true
+                }
+                Some(ip) if !ip.is_link_local() => stale.push(a),
+                _ => {}
+            }
+        }
+        for a in stale {
+            self.h
+                .address()
+                .del(a)
+                .execute()
+                .await
+                .map_err(nl("removing a stale address"))?;
+        }
+        if !have_ours {
+            self.h
+                .address()
+                .add(idx, e.primary_ip.into(), e.subnet.prefix_len())
+                .execute()
+                .await
+                .map_err(nl("adding the ENI address"))?;
+        }
+        let gw = Ipv4Addr::from(u32::from(e.subnet.network()) + 1);
+        self.h
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(gw, 32)
+                    .output_interface(idx)
+                    .scope(RouteScope::Link)
+                    .table_id(e.table)
+                    .build(),
+            )
+            .replace()
+            .execute()
+            .await
+            .map_err(nl("gateway route"))?;
+        self.h
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gw)
+                    .output_interface(idx)
+                    .table_id(e.table)
+                    .build(),
+            )
+            .replace()
+            .execute()
+            .await
+            .map_err(nl("default route"))?;
+        // The kernel's connected route in main would send the subnet out of this ENI.
+        let mut subnet_route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(e.subnet.network(), e.subnet.prefix_len())
+            .output_interface(idx)
+            .table_id(MAIN_TABLE)
+            .build();
+        subnet_route.header.protocol = RouteProtocol::Unspec;
+        // Match whatever scope and protocol the kernel gave it (as `ip route del` does).
+        subnet_route.header.scope = RouteScope::NoWhere;
+        match self.h.route().del(subnet_route).execute().await {
+            Ok(()) => {}
+            Err(err) if is_missing(&err) => {}
+            Err(err) => return Err(nl("removing the subnet route from main")(err)),
+        }
+        self.ensure_rule(e.primary_ip, e.table).await
+    }
+
+    /// Exactly one `from <ip> lookup <table>` at priority 32765.
+    async fn ensure_rule(&self, ip: Ipv4Addr, table: u32) -> Result<(), Error> {
+        let mut found = false;
+        let mut rules = self.h.rule().get(IpVersion::V4).execute();
+        let mut stale = Vec::new();
+        while let Some(r) = rules.try_next().await.map_err(nl("listing rules"))? {
+            let prio = r.attributes.iter().find_map(|a| match a {
+                RuleAttribute::Priority(p) => Some(*p),
+                _ => None,
+            });
+            let src = r.attributes.iter().find_map(|a| match a {
+                RuleAttribute::Source(IpAddr::V4(s)) => Some(*s),
+                _ => None,
+            });
+            let tbl = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RuleAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(r.header.table as u32);
+            if prio == Some(ENI_RULE_PRIORITY) && src == Some(ip) && r.header.src_len == 32 {
+                if tbl == table && !found {
+                    found = true;
+                } else {
+                    stale.push(r);
+                }
+            }
+        }
+        for r in stale {
+            self.h
+                .rule()
+                .del(r)
+                .execute()
+                .await
+                .map_err(nl("removing a stale ENI rule"))?;
+        }
+        if !found {
+            self.h
+                .rule()
+                .add()
+                .v4()
+                .source_prefix(ip, 32)
+                .table_id(table)
+                .priority(ENI_RULE_PRIORITY)
+                .action(RuleAction::ToTable)
+                .execute()
+                .await
+                .map_err(nl("adding the ENI rule"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes an ENI's rule (its table goes with the link).
+    pub async fn remove_eni(&self, ip: Ipv4Addr) -> Result<(), Error> {
+        let mut rules = self.h.rule().get(IpVersion::V4).execute();
+        let mut ours = Vec::new();
+        while let Some(r) = rules.try_next().await.map_err(nl("listing rules"))? {
+            let src = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::Source(IpAddr::V4(s)) if *s == ip));
+            let prio = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == ENI_RULE_PRIORITY));
+            if src && prio {
+                ours.push(r);
+            }
+        }
+        for r in ours {
+            match self.h.rule().del(r).execute().await {
+                Err(e) if !is_missing(&e) => return Err(nl("removing the ENI rule")(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
