@@ -449,3 +449,166 @@ async fn kill_9_during_a_burst_loses_nothing_and_keeps_cooldowns() {
     drop(ipamd);
     sim.shutdown().await.expect("shutdown");
 }
+
+/// (secondary IPs, prefixes) per attached ENI of the instance, by device index.
+fn addresses(sim: &Vpcsim, instance: &str) -> Vec<(usize, usize)> {
+    let s = sim.shared.sim();
+    let mut v: Vec<(u32, usize, usize)> = s
+        .enis
+        .values()
+        .filter_map(|e| {
+            let a = e.attachment.as_ref()?;
+            (a.instance_id == instance)
+                .then(|| (a.device_index, e.private_ips.len() - 1, e.prefixes.len()))
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, i, p)| (i, p)).collect()
+}
+
+async fn start_with(
+    env: &[(&str, &str)],
+    seed: u64,
+) -> (
+    Vpcsim,
+    Ipamd,
+    IpamClient<Channel>,
+    NodeInfo,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let timing = Timing {
+        attach_ms: 50,
+        detach_ms: 50,
+        create_ms: 30,
+        modify_ms: 50,
+        snapshot_ms: 50,
+        imds_lag_ms: 100,
+    };
+    let opts = Options {
+        nodes: 1,
+        instance_type: "m5.large".into(),
+        state_dir: dir.path().join("vpc"),
+        timing,
+        seed,
+        imds_v1: false,
+        zone: None,
+    };
+    let sim = Vpcsim::start(opts).await.expect("vpcsim");
+    let node = sim.info.nodes[0].clone();
+    let ipamd = Ipamd::start(&node, dir.path(), env);
+    let c = ipamd.client().await;
+    (sim, ipamd, c, node, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_delegation_serves_110_pods_from_7_prefixes_and_returns_the_surplus() {
+    let env = [
+        ("ENABLE_PREFIX_DELEGATION", "true"),
+        ("WARM_PREFIX_TARGET", "1"),
+        ("IP_COOLDOWN_PERIOD", "1"),
+        ("NODEWIRE_DECREASE_INTERVAL_SECONDS", "0"),
+        ("NODEWIRE_ADD_WAIT_MS", "10000"),
+    ];
+    let (sim, ipamd, mut c, node, _dir) = start_with(&env, 21).await;
+    wait_for("one warm prefix", &ipamd.log, || {
+        addresses(&sim, &node.instance_id) == vec![(0, 1)]
+    })
+    .await;
+    let mut ips = BTreeSet::new();
+    for n in 0..110 {
+        let r = c
+            .add(add(n))
+            .await
+            .unwrap_or_else(|e| panic!("add {n}: {e}"))
+            .into_inner();
+        assert!(r.from_prefix);
+        assert!(ips.insert(r.ipv4.clone()), "{} twice", r.ipv4);
+    }
+    // 110 addresses need 7 /28s (112); with max pods reached no eighth is taken.
+    wait_for("7 prefixes", &ipamd.log, || {
+        addresses(&sim, &node.instance_id) == vec![(0, 7)]
+    })
+    .await;
+    let prefixes: Vec<ipnet::Ipv4Net> = {
+        let s = sim.shared.sim();
+        s.enis
+            .values()
+            .filter(|e| e.attached_to(&node.instance_id))
+            .flat_map(|e| e.prefixes.clone())
+            .collect()
+    };
+    for ip in &ips {
+        let ip: std::net::Ipv4Addr = ip.parse().expect("ip");
+        assert!(
+            prefixes.iter().any(|p| p.contains(&ip)),
+            "{ip} inside an assigned prefix"
+        );
+    }
+    for n in 0..110 {
+        c.del(DelRequest {
+            key: Some(key(n)),
+            client_version: IPAM_PROTOCOL_VERSION,
+            ..Default::default()
+        })
+        .await
+        .expect("del");
+    }
+    wait_for("back to one warm prefix", &ipamd.log, || {
+        addresses(&sim, &node.instance_id) == vec![(0, 1)]
+    })
+    .await;
+    drop(ipamd);
+    sim.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_ip_and_minimum_ip_targets_settle_at_their_formulas() {
+    let env = [
+        ("WARM_IP_TARGET", "5"),
+        ("MINIMUM_IP_TARGET", "10"),
+        ("IP_COOLDOWN_PERIOD", "1"),
+        ("NODEWIRE_DECREASE_INTERVAL_SECONDS", "0"),
+        ("NODEWIRE_MIN_ENI_LIFETIME_SECONDS", "0"),
+    ];
+    let (sim, ipamd, mut c, node, _dir) = start_with(&env, 22).await;
+    let total = |sim: &Vpcsim| {
+        addresses(sim, &node.instance_id)
+            .iter()
+            .map(|(i, _)| i)
+            .sum::<usize>()
+    };
+    // MINIMUM_IP_TARGET=10: 9 on the primary ENI and one on a second ENI.
+    wait_for("10 IPs", &ipamd.log, || {
+        addresses(&sim, &node.instance_id) == vec![(9, 0), (1, 0)]
+    })
+    .await;
+    for n in 0..8 {
+        c.add(add(n)).await.expect("add");
+    }
+    // 8 assigned + WARM_IP_TARGET 5 = 13.
+    wait_for("13 IPs", &ipamd.log, || total(&sim) == 13).await;
+    for n in 0..8 {
+        c.del(DelRequest {
+            key: Some(key(n)),
+            client_version: IPAM_PROTOCOL_VERSION,
+            ..Default::default()
+        })
+        .await
+        .expect("del");
+    }
+    // Back to the minimum once the cooldown is over; the surplus goes back to EC2.
+    wait_for("back to 10 IPs", &ipamd.log, || total(&sim) == 10).await;
+    assert_eq!(
+        sim.shared
+            .sim()
+            .enis
+            .values()
+            .filter(|e| e.attachment.is_none())
+            .count(),
+        0,
+        "no available ENI left"
+    );
+    drop(ipamd);
+    sim.shutdown().await.expect("shutdown");
+}
