@@ -77,6 +77,7 @@ pub struct Ipamd<C: Cloud> {
     changed: Notify,
     /// Asks the reconciler for a pass now.
     wake: Notify,
+    pub counters: crate::observe::Counters,
     /// ENI id → MAC (to find its link).
     macs: Mutex<HashMap<String, String>>,
     /// Stop allocating (SIGTERM).
@@ -166,6 +167,7 @@ impl<C: Cloud> Ipamd<C> {
             changed: Notify::new(),
             wake: Notify::new(),
             macs: Mutex::new(macs),
+            counters: Default::default(),
             stopping: Default::default(),
             cfg,
         });
@@ -291,6 +293,7 @@ impl<C: Cloud> Ipamd<C> {
 
     /// ADD: an address for `key` (the same one again for a repeated ADD).
     pub async fn add(&self, key: &Key, meta: &PodMeta) -> Result<Assignment, AddError> {
+        crate::observe::Counters::inc(&self.counters.add);
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(AddError::Exhausted("ipamd is shutting down".into()));
         }
@@ -314,6 +317,7 @@ impl<C: Cloud> Ipamd<C> {
                         return Ok(a);
                     }
                     Err(AssignError::Empty { .. }) => {
+                        crate::observe::Counters::inc(&self.counters.no_available);
                         if let Some(why) = self.cannot_grow(&st) {
                             return Err(AddError::Exhausted(why));
                         }
@@ -335,6 +339,7 @@ impl<C: Cloud> Ipamd<C> {
 
     /// DEL: releases the key's address into cooldown. Unknown keys are fine.
     pub async fn del(&self, key: &Key) -> Result<Option<Assignment>, checkpoint::Error> {
+        self.counters.del("PodDeleted");
         let mut st = self.state.lock().await;
         let r = st.ds.release(key, now_ms());
         if r.is_some() {
@@ -387,6 +392,11 @@ impl<C: Cloud> Ipamd<C> {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    /// A copy of the datastore (introspection).
+    pub async fn datastore(&self) -> Datastore {
+        self.state.lock().await.ds.clone()
     }
 
     pub async fn stats(&self) -> crate::datastore::Stats {

@@ -13,5 +13,6 @@ pub mod config;
 pub mod daemon;
 pub mod datastore;
 pub mod hostnet;
+pub mod observe;
 pub mod pool;
 pub mod server;

@@ -84,6 +84,20 @@ async fn run(cfg: Config, interval: Duration) -> Result<()> {
         .await
         .context("initialising the pool")?;
     let reconciler = tokio::spawn(ipamd.clone().run(interval));
+    if !ipamd.cfg.disable_metrics {
+        let l = tokio::net::TcpListener::bind(&ipamd.cfg.metrics_bind)
+            .await
+            .with_context(|| format!("binding metrics on {}", ipamd.cfg.metrics_bind))?;
+        tokio::spawn(axum::serve(l, ipamd::observe::metrics_router(ipamd.clone())).into_future());
+    }
+    if !ipamd.cfg.disable_introspection {
+        let l = tokio::net::TcpListener::bind(&ipamd.cfg.introspection_bind)
+            .await
+            .with_context(|| {
+                format!("binding introspection on {}", ipamd.cfg.introspection_bind)
+            })?;
+        tokio::spawn(axum::serve(l, ipamd::observe::introspection(ipamd.clone())).into_future());
+    }
     let stopper = ipamd.clone();
     let shutdown = async move {
         tokio::select! {

@@ -259,6 +259,36 @@ async fn m5_large_defaults_fill_to_27_pods_then_fail_fast_and_shrink_back() {
     );
     assert_eq!(ec2_view(&sim, &node.instance_id), (vec![10, 10, 10], 0));
 
+    // Metrics (upstream names) and introspection, from inside the node.
+    let http = |url: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &node.netns, "curl", "-sf", url])
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "GET {url} failed");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let m = http("http://127.0.0.1:61678/metrics");
+    for line in [
+        "awscni_assigned_ip_addresses 27",
+        "awscni_total_ip_addresses 27",
+        "awscni_eni_allocated 3",
+        "awscni_eni_max 3",
+        "awscni_ip_max 27",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line:?} missing from\n{m}");
+    }
+    assert!(
+        m.contains("awscni_ec2api_req_count{fn=\"CreateNetworkInterface\"} 2"),
+        "{m}"
+    );
+    let pods: serde_json::Value =
+        serde_json::from_str(&http("http://127.0.0.1:61679/v1/pods")).expect("json");
+    assert_eq!(pods.as_array().map(Vec::len), Some(27));
+    let enis = http("http://127.0.0.1:61679/v1/enis");
+    assert!(!enis.contains("sandbox-"), "container ids never shown");
+    assert!(enis.contains("default/pod-0"));
+
     // The 28th fails at once, naming the limit.
     let t = Instant::now();
     let err = c.add(add(27)).await.expect_err("no room");
