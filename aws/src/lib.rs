@@ -11,5 +11,6 @@ pub mod ec2;
 pub mod imds;
 pub mod limits;
 pub mod retry;
+pub mod time;
 
 pub use aws_sdk_ec2;

@@ -65,6 +65,8 @@ pub struct Config {
     pub decrease_interval: Duration,
     /// No growth attempts for this long after the subnet ran out of addresses.
     pub subnet_backoff: Duration,
+    /// How often the leaked-ENI sweep runs.
+    pub leak_sweep_interval: Duration,
 }
 
 impl Config {
@@ -227,6 +229,7 @@ impl Config {
         let min_eni_lifetime = secs("NODEWIRE_MIN_ENI_LIFETIME_SECONDS", 60)?;
         let decrease_interval = secs("NODEWIRE_DECREASE_INTERVAL_SECONDS", 30)?;
         let subnet_backoff = secs("NODEWIRE_SUBNET_BACKOFF_SECONDS", 10)?;
+        let leak_sweep_interval = secs("NODEWIRE_LEAK_SWEEP_INTERVAL_SECONDS", 3600)?;
         Ok(Config {
             warm_eni_target,
             warm_ip_target,
@@ -268,6 +271,7 @@ impl Config {
             min_eni_lifetime,
             decrease_interval,
             subnet_backoff,
+            leak_sweep_interval,
         })
     }
 }

@@ -388,6 +388,38 @@ impl<C: Cloud> Ipamd<C> {
         }
     }
 
+    /// Deletes this node's leaked ENIs: `available`, tagged with our instance id, made by us
+    /// (`aws-K8S-` description) and older than the grace period (a crash between create and
+    /// attach, or between detach and delete, leaves one).
+    pub async fn sweep_leaked(&self) -> Result<Vec<String>, CloudError> {
+        let found = self
+            .cloud
+            .available_tagged(&self.node.vpc_id, TAG_INSTANCE)
+            .await?;
+        let doomed = leaked(
+            &found,
+            &self.node.instance_id,
+            SystemTime::now(),
+            self.cfg.leaked_eni_grace,
+        );
+        for id in &doomed {
+            self.cloud.delete_eni(id).await?;
+            tracing::info!(eni = %id, "deleted a leaked ENI");
+        }
+        Ok(doomed)
+    }
+
+    /// Runs the leaked-ENI sweep every `interval` (jittered) until [`Ipamd::stop`].
+    pub async fn run_sweeper(self: Arc<Self>, interval: Duration) {
+        while !self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            let jitter = 0.5 + 0.5 * rand_unit();
+            tokio::time::sleep(interval.mul_f64(jitter)).await;
+            if let Err(e) = self.sweep_leaked().await {
+                tracing::warn!(error = %e, "leaked-ENI sweep failed");
+            }
+        }
+    }
+
     pub fn stop(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -723,23 +755,108 @@ fn add_cidrs(ds: &mut Datastore, eni_id: &str, ips: &[Ipv4Addr], prefixes: &[Ipv
 }
 
 fn rfc3339_now() -> String {
-    let s = SystemTime::now()
+    nodewire_aws::time::format(SystemTime::now(), false)
+}
+
+fn rand_unit() -> f64 {
+    let n = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (s.div_euclid(86400), s.rem_euclid(86400));
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+        .map_or(0, |d| d.subsec_nanos());
+    (n % 1_000_000) as f64 / 1_000_000.0
+}
+
+/// Which of `enis` are this node's leaked ENIs at `now` (pure; see [`Ipamd::sweep_leaked`]).
+pub fn leaked(
+    enis: &[EniInfo],
+    instance_id: &str,
+    now: SystemTime,
+    grace: Duration,
+) -> Vec<String> {
+    enis.iter()
+        .filter(|e| e.status == "available")
+        .filter(|e| e.tags.get(TAG_INSTANCE).is_some_and(|i| i == instance_id))
+        .filter(|e| e.description.starts_with("aws-K8S-"))
+        .filter(|e| {
+            e.tags
+                .get(TAG_CREATED)
+                .and_then(|t| nodewire_aws::time::parse(t))
+                .is_some_and(|c| now.duration_since(c).unwrap_or_default() >= grace)
+        })
+        .map(|e| e.id.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eni(
+        id: &str,
+        status: &str,
+        instance: Option<&str>,
+        desc: &str,
+        created: Option<&str>,
+    ) -> EniInfo {
+        let mut tags = BTreeMap::new();
+        if let Some(i) = instance {
+            tags.insert(TAG_INSTANCE.to_string(), i.to_string());
+        }
+        if let Some(c) = created {
+            tags.insert(TAG_CREATED.to_string(), c.to_string());
+        }
+        EniInfo {
+            id: id.into(),
+            status: status.into(),
+            description: desc.into(),
+            tags,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn leaked_enis_are_ours_available_and_old() {
+        let now = nodewire_aws::time::parse("2026-11-21T15:00:00Z").expect("time");
+        let enis = [
+            eni(
+                "old",
+                "available",
+                Some("i-me"),
+                "aws-K8S-i-me",
+                Some("2026-11-21T14:00:00Z"),
+            ),
+            eni(
+                "young",
+                "available",
+                Some("i-me"),
+                "aws-K8S-i-me",
+                Some("2026-11-21T14:58:00Z"),
+            ),
+            eni(
+                "foreign",
+                "available",
+                Some("i-other"),
+                "aws-K8S-i-other",
+                Some("2026-11-21T14:00:00Z"),
+            ),
+            eni(
+                "in-use",
+                "in-use",
+                Some("i-me"),
+                "aws-K8S-i-me",
+                Some("2026-11-21T14:00:00Z"),
+            ),
+            eni(
+                "not-ours",
+                "available",
+                Some("i-me"),
+                "someone else's",
+                Some("2026-11-21T14:00:00Z"),
+            ),
+            eni("undated", "available", Some("i-me"), "aws-K8S-i-me", None),
+        ];
+        assert_eq!(
+            leaked(&enis, "i-me", now, Duration::from_secs(300)),
+            vec!["old".to_string()]
+        );
+    }
 }

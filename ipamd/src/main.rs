@@ -25,7 +25,7 @@ nodewire's own:
   NODEWIRE_IPAMD_SOCKET (/var/run/nodewire/ipamd.sock)  NODEWIRE_BACKING_STORE (/var/run/nodewire/ipam.json)
   NODEWIRE_ADD_WAIT_MS (5000)  NODEWIRE_LEAKED_ENI_GRACE_SECONDS (300)  NODEWIRE_METRICS_BIND_ADDRESS
   NODEWIRE_MIN_ENI_LIFETIME_SECONDS (60)  NODEWIRE_DECREASE_INTERVAL_SECONDS (30)
-  NODEWIRE_SUBNET_BACKOFF_SECONDS (10)
+  NODEWIRE_SUBNET_BACKOFF_SECONDS (10)  NODEWIRE_LEAK_SWEEP_INTERVAL_SECONDS (3600)
 EC2 and IMDS: the standard AWS SDK configuration (AWS_ENDPOINT_URL_EC2, credentials chain,
 AWS_EC2_METADATA_SERVICE_ENDPOINT); the region comes from IMDS.
 A bad value makes ipamd exit non-zero with one line naming the variable.";
@@ -84,6 +84,9 @@ async fn run(cfg: Config, interval: Duration) -> Result<()> {
         .await
         .context("initialising the pool")?;
     let reconciler = tokio::spawn(ipamd.clone().run(interval));
+    if !ipamd.cfg.disable_leaked_eni_cleanup {
+        tokio::spawn(ipamd.clone().run_sweeper(ipamd.cfg.leak_sweep_interval));
+    }
     if !ipamd.cfg.disable_metrics {
         let l = tokio::net::TcpListener::bind(&ipamd.cfg.metrics_bind)
             .await

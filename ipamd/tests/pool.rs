@@ -3,6 +3,7 @@
 
 use e2e::node::{NodeInfo, Options, Vpcsim};
 use e2e::sim::Timing;
+use nodewire_aws::aws_sdk_ec2;
 use nodewire_proto::IPAM_PROTOCOL_VERSION;
 use nodewire_proto::ipam::ipam_client::IpamClient;
 use nodewire_proto::ipam::*;
@@ -638,6 +639,208 @@ async fn warm_ip_and_minimum_ip_targets_settle_at_their_formulas() {
             .count(),
         0,
         "no available ENI left"
+    );
+    drop(ipamd);
+    sim.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaked_eni_sweep_deletes_only_our_old_available_enis() {
+    let env = [("NODEWIRE_LEAK_SWEEP_INTERVAL_SECONDS", "1")];
+    let (sim, ipamd, _c, node, _dir) = start_with(&env, 31).await;
+    wait_for("the warm pool", &ipamd.log, || {
+        ec2_view(&sim, &node.instance_id) == (vec![10], 0)
+    })
+    .await;
+    let ec2 = nodewire_aws::ec2::client_for_endpoint(&sim.info.ec2_endpoint_local, "us-east-1", 1);
+    let make = |instance: &str, created: &str| {
+        let spec = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::NetworkInterface)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("node.k8s.amazonaws.com/instance_id")
+                    .value(instance)
+                    .build(),
+            )
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("node.k8s.amazonaws.com/createdAt")
+                    .value(created)
+                    .build(),
+            )
+            .build();
+        ec2.create_network_interface()
+            .subnet_id(&node.subnet_id)
+            .description(format!("aws-K8S-{instance}"))
+            .tag_specifications(spec)
+            .send()
+    };
+    let now = nodewire_aws::time::format(std::time::SystemTime::now(), false);
+    let id = |r: aws_sdk_ec2::operation::create_network_interface::CreateNetworkInterfaceOutput| {
+        r.network_interface()
+            .and_then(|e| e.network_interface_id())
+            .expect("id")
+            .to_string()
+    };
+    let old = id(make(&node.instance_id, "2020-01-01T00:00:00Z")
+        .await
+        .expect("old"));
+    let young = id(make(&node.instance_id, &now).await.expect("young"));
+    let foreign = id(make("i-0123456789abcdef0", "2020-01-01T00:00:00Z")
+        .await
+        .expect("foreign"));
+    wait_for("the old leaked ENI to go", &ipamd.log, || {
+        !sim.shared.sim().enis.contains_key(&old)
+    })
+    .await;
+    let s = sim.shared.sim();
+    assert!(s.enis.contains_key(&young), "young ENI kept (grace period)");
+    assert!(s.enis.contains_key(&foreign), "another node's ENI kept");
+    drop(s);
+    drop(ipamd);
+    sim.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_subnet_fails_fast_naming_it_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let timing = Timing {
+        attach_ms: 20,
+        detach_ms: 20,
+        create_ms: 20,
+        modify_ms: 20,
+        snapshot_ms: 20,
+        imds_lag_ms: 50,
+    };
+    let opts = Options {
+        nodes: 1,
+        instance_type: "m5.large".into(),
+        state_dir: dir.path().join("vpc"),
+        timing,
+        seed: 41,
+        imds_v1: false,
+        zone: None,
+    };
+    let sim = Vpcsim::start(opts).await.expect("vpcsim");
+    let node = sim.info.nodes[0].clone();
+    // Another tenant takes every address of the subnet.
+    let ec2 = nodewire_aws::ec2::client_for_endpoint(&sim.info.ec2_endpoint_local, "us-east-1", 1);
+    let mut hogs = Vec::new();
+    loop {
+        let free = sim
+            .shared
+            .sim()
+            .subnet(&node.subnet_id)
+            .expect("subnet")
+            .available() as i32;
+        if free == 0 {
+            break;
+        }
+        let r = ec2
+            .create_network_interface()
+            .subnet_id(&node.subnet_id)
+            .secondary_private_ip_address_count((free - 1).min(49))
+            .send()
+            .await
+            .expect("hog");
+        hogs.push(
+            r.network_interface()
+                .and_then(|e| e.network_interface_id())
+                .expect("id")
+                .to_string(),
+        );
+    }
+    let env = [
+        ("NODEWIRE_SUBNET_BACKOFF_SECONDS", "1"),
+        ("NODEWIRE_ADD_WAIT_MS", "10000"),
+    ];
+    let ipamd = Ipamd::start(&node, dir.path(), &env);
+    let mut c = ipamd.client().await;
+    wait_for("ipamd to hit the exhausted subnet", &ipamd.log, || {
+        std::fs::read_to_string(&ipamd.log)
+            .unwrap_or_default()
+            .contains("InsufficientFreeAddressesInSubnet")
+    })
+    .await;
+    let t = Instant::now();
+    let err = c.add(add(0)).await.expect_err("no addresses anywhere");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains(&node.subnet_id), "{}", err.message());
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // Addresses free up: the pool recovers by itself and the ADD succeeds.
+    for h in hogs.drain(..) {
+        ec2.delete_network_interface()
+            .network_interface_id(h)
+            .send()
+            .await
+            .expect("free");
+    }
+    wait_for("the pool to recover", &ipamd.log, || {
+        ec2_view(&sim, &node.instance_id).0.first() == Some(&10)
+    })
+    .await;
+    c.add(add(0)).await.expect("recovered");
+    drop(ipamd);
+    sim.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_reaches_its_target_with_throttling_and_latency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let timing = Timing {
+        attach_ms: 50,
+        detach_ms: 50,
+        create_ms: 30,
+        modify_ms: 50,
+        snapshot_ms: 50,
+        imds_lag_ms: 100,
+    };
+    let opts = Options {
+        nodes: 1,
+        instance_type: "m5.large".into(),
+        state_dir: dir.path().join("vpc"),
+        timing,
+        seed: 51,
+        imds_v1: false,
+        zone: None,
+    };
+    let sim = Vpcsim::start(opts).await.expect("vpcsim");
+    let node = sim.info.nodes[0].clone();
+    let admin = e2e::client::Admin::new(&sim.info.admin_url);
+    admin
+        .set_fault(
+            "*",
+            e2e::api::Fault {
+                error_rate: 0.2,
+                error_code: "RequestLimitExceeded".into(),
+                latency_ms: 200,
+            },
+        )
+        .await
+        .expect("faults");
+    let env = [
+        ("WARM_IP_TARGET", "12"),
+        ("NODEWIRE_SUBNET_BACKOFF_SECONDS", "1"),
+        ("NODEWIRE_ADD_WAIT_MS", "20000"),
+    ];
+    let ipamd = Ipamd::start(&node, dir.path(), &env);
+    let mut c = ipamd.client().await;
+    // WARM_IP_TARGET=12: 9 on the primary ENI, 3 on a second.
+    wait_for("the warm target under faults", &ipamd.log, || {
+        addresses(&sim, &node.instance_id)
+            .iter()
+            .map(|(i, _)| i)
+            .sum::<usize>()
+            == 12
+    })
+    .await;
+    for n in 0..3 {
+        c.add(add(n)).await.expect("add under faults");
+    }
+    let stats = admin.stats().await.expect("stats");
+    assert!(
+        stats.actions.values().map(|a| a.injected).sum::<u64>() > 0,
+        "faults were injected: {stats:?}"
     );
     drop(ipamd);
     sim.shutdown().await.expect("shutdown");
