@@ -693,10 +693,11 @@ async fn leaked_eni_sweep_deletes_only_our_old_available_enis() {
         !sim.shared.sim().enis.contains_key(&old)
     })
     .await;
-    let s = sim.shared.sim();
-    assert!(s.enis.contains_key(&young), "young ENI kept (grace period)");
-    assert!(s.enis.contains_key(&foreign), "another node's ENI kept");
-    drop(s);
+    {
+        let s = sim.shared.sim();
+        assert!(s.enis.contains_key(&young), "young ENI kept (grace period)");
+        assert!(s.enis.contains_key(&foreign), "another node's ENI kept");
+    }
     drop(ipamd);
     sim.shutdown().await.expect("shutdown");
 }
