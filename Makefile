@@ -11,9 +11,9 @@ MOTO_VERSION := 5.2.5
 VPCSIM := $(CARGO_TARGET_DIR)/debug/vpcsim
 
 # Benchmarks register themselves here (bench-cni, bench-ipamd, …) as they are added.
-BENCH_TARGETS :=
+BENCH_TARGETS := bench-ipamd
 
-.PHONY: all build test fmt-check clippy unit venv demo bench deps leftovers clean-sim
+.PHONY: all build test fmt-check clippy unit venv demo bench bench-ipamd deps leftovers clean-sim
 
 all: build
 
@@ -53,6 +53,11 @@ ifeq ($(strip $(BENCH_TARGETS)),)
 else
 	$(MAKE) $(BENCH_TARGETS)
 endif
+
+# ipamd against vpcsim: EC2 calls to fill a node, ADD-path EC2 calls, peak RSS, datastore ops/s.
+bench-ipamd: deps
+	$(CARGO) build --profile perf -p nodewire-ipamd --bin ipamd --example bench
+	$(CARGO_TARGET_DIR)/perf/examples/bench
 
 # Remove a simulation left behind by a crashed `vpcsim up` (default state directory).
 clean-sim:

@@ -201,6 +201,7 @@ mod tests {
         let meta = PodMeta {
             namespace: "default".into(),
             name: "web-0".into(),
+            ..Default::default()
         };
         d.assign(&Key::new("aws-cni", "c1", "eth0"), &meta, 1_000)
             .expect("assign");

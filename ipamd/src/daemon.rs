@@ -238,6 +238,26 @@ impl<C: Cloud> Ipamd<C> {
             for c in &cp.cooldowns {
                 st.ds.restore_cooldown(c.ipv4, c.released_ns / 1_000_000);
             }
+            // Pods deleted while ipamd was down: their host veth is gone. Their addresses go
+            // into cooldown (endpoints may still point at them) and their rules are pruned.
+            if let Some(h) = &self.host {
+                let links = h.link_names().await?;
+                let gone: Vec<(Key, Ipv4Addr)> = st
+                    .ds
+                    .allocations()
+                    .into_iter()
+                    .filter(|(_, meta, ..)| {
+                        !meta.host_ifname.is_empty() && !links.contains(&meta.host_ifname)
+                    })
+                    .map(|(k, _, ip, _)| (k, ip))
+                    .collect();
+                for (k, ip) in gone {
+                    st.ds.release(&k, now_ms());
+                    let pruned = h.prune_pod_rules(ip).await?;
+                    dropped += 1;
+                    tracing::info!(%ip, pruned, "pod gone while ipamd was down: address released");
+                }
+            }
             tracing::info!(
                 restored = cp.allocations.len() - dropped,
                 dropped,

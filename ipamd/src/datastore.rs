@@ -39,6 +39,14 @@ pub struct PodMeta {
     pub namespace: String,
     #[serde(rename = "k8sPodName", default)]
     pub name: String,
+    /// The pod's host-side veth (vpc-cni names it); a restored allocation whose veth is gone
+    /// belongs to a pod deleted while ipamd was down.
+    #[serde(
+        rename = "hostIfName",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub host_ifname: String,
 }
 
 /// State of one address that has been handed out at least once.

@@ -17,6 +17,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 pub const ENI_RULE_PRIORITY: u32 = 32765;
+/// vpc-cni's per-pod rules: `to <pod> lookup main` and `from <pod> lookup <ENI table>`.
+pub const POD_TO_RULE_PRIORITY: u32 = 512;
+pub const POD_FROM_RULE_PRIORITY: u32 = 1536;
 const MAIN_TABLE: u32 = 254;
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +244,54 @@ impl HostNet {
                 .map_err(nl("adding the ENI rule"))?;
         }
         Ok(())
+    }
+
+    /// Names of the links in this namespace.
+    pub async fn link_names(&self) -> Result<std::collections::BTreeSet<String>, Error> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut links = self.h.link().get().execute();
+        while let Some(l) = links.try_next().await.map_err(nl("listing links"))? {
+            for a in &l.attributes {
+                if let LinkAttribute::IfName(n) = a {
+                    names.insert(n.clone());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// Removes a pod's host rules (`to <ip>` at 512, `from <ip>` at 1536) left behind by a pod
+    /// that was deleted while ipamd was down.
+    pub async fn prune_pod_rules(&self, ip: Ipv4Addr) -> Result<usize, Error> {
+        let mut rules = self.h.rule().get(IpVersion::V4).execute();
+        let mut doomed = Vec::new();
+        while let Some(r) = rules.try_next().await.map_err(nl("listing rules"))? {
+            let prio = r.attributes.iter().find_map(|a| match a {
+                RuleAttribute::Priority(p) => Some(*p),
+                _ => None,
+            });
+            let to = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::Destination(IpAddr::V4(d)) if *d == ip));
+            let from = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::Source(IpAddr::V4(s)) if *s == ip));
+            if (prio == Some(POD_TO_RULE_PRIORITY) && to)
+                || (prio == Some(POD_FROM_RULE_PRIORITY) && from)
+            {
+                doomed.push(r);
+            }
+        }
+        let n = doomed.len();
+        for r in doomed {
+            match self.h.rule().del(r).execute().await {
+                Err(e) if !is_missing(&e) => return Err(nl("removing a stale pod rule")(e)),
+                _ => {}
+            }
+        }
+        Ok(n)
     }
 
     /// Removes an ENI's rule (its table goes with the link).

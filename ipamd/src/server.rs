@@ -44,13 +44,12 @@ impl<C: Cloud> Ipam for Service<C> {
         let r = req.into_inner();
         check_version(r.client_version)?;
         let k = key(r.key)?;
-        let meta = r
-            .pod
-            .map(|p| PodMeta {
-                namespace: p.namespace,
-                name: p.name,
-            })
-            .unwrap_or_default();
+        let pod = r.pod.unwrap_or_default();
+        let meta = PodMeta {
+            namespace: pod.namespace,
+            name: pod.name,
+            host_ifname: r.host_ifname,
+        };
         match self.ipamd.add(&k, &meta).await {
             Ok(a) => Ok(Response::new(AddReply {
                 ipv4: a.ip.to_string(),

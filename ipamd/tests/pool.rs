@@ -8,104 +8,19 @@ use nodewire_proto::IPAM_PROTOCOL_VERSION;
 use nodewire_proto::ipam::ipam_client::IpamClient;
 use nodewire_proto::ipam::*;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-struct Ipamd {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
+mod harness;
+use harness::{add, key};
 
+/// The ipamd under test (this package's binary).
+struct Ipamd;
 impl Ipamd {
-    fn start(node: &NodeInfo, dir: &Path, env: &[(&str, &str)]) -> Ipamd {
-        let socket = dir.join("ipamd.sock");
-        let log = dir.join("ipamd.log");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &node.netns, env!("CARGO_BIN_EXE_ipamd")])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("AWS_ENDPOINT_URL_EC2", "http://169.254.169.254:8773")
-            .env("AWS_ACCESS_KEY_ID", "x")
-            .env("AWS_SECRET_ACCESS_KEY", "x")
-            .env("RUST_LOG", "info")
-            .env("NODEWIRE_IPAMD_SOCKET", &socket)
-            .env("NODEWIRE_BACKING_STORE", dir.join("ipam.json"))
-            .env(
-                "AWS_VPC_K8S_CNI_BACKING_STORE",
-                dir.join("upstream-ipam.json"),
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Ipamd {
-            child: cmd.spawn().expect("spawn ipamd"),
-            socket,
-            log,
-        }
-    }
-
-    async fn client(&self) -> IpamClient<Channel> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.socket.exists() {
-                let path = self.socket.clone();
-                let ch = tonic::transport::Endpoint::try_from("http://ipamd.local")
-                    .expect("endpoint")
-                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                        let path = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                                tokio::net::UnixStream::connect(path).await?,
-                            ))
-                        }
-                    }))
-                    .await;
-                if let Ok(ch) = ch {
-                    return IpamClient::new(ch);
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ipamd never listened: {}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Ipamd {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-fn key(n: usize) -> AttachmentKey {
-    AttachmentKey {
-        network_name: "aws-cni".into(),
-        container_id: format!("sandbox-{n}"),
-        ifname: "eth0".into(),
-    }
-}
-
-fn add(n: usize) -> AddRequest {
-    AddRequest {
-        key: Some(key(n)),
-        pod: Some(PodRef {
-            namespace: "default".into(),
-            name: format!("pod-{n}"),
-            ..Default::default()
-        }),
-        netns: format!("/var/run/netns/cni-{n}"),
-        host_ifname: format!("eni{n:011}"),
-        client_version: IPAM_PROTOCOL_VERSION,
+    fn start(node: &NodeInfo, dir: &Path, env: &[(&str, &str)]) -> harness::Ipamd {
+        harness::Ipamd::start_bin(Path::new(env!("CARGO_BIN_EXE_ipamd")), node, dir, env)
     }
 }
 
@@ -429,9 +344,56 @@ async fn kill_9_during_a_burst_loses_nothing_and_keeps_cooldowns() {
     }
     drop(ipamd);
 
+    // The pods' host veths (vpc-cni's): every held pod has one, except pod 4, deleted while
+    // ipamd was down — its leftover host rules must go and its address must cool down.
+    let sh = |args: &[&str]| {
+        let st = Command::new("ip")
+            .args(["-n", &node.netns])
+            .args(args)
+            .status()
+            .expect("ip");
+        assert!(st.success(), "ip {args:?}");
+    };
+    for n in held.keys().filter(|n| **n != 4) {
+        sh(&[
+            "link",
+            "add",
+            &format!("eni{n:011}"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("pod{n}"),
+        ]);
+    }
+    let gone_ip = held.remove(&4).expect("pod 4 held");
+    let kept_ip = held[&5].clone();
+    for ip in [&gone_ip, &kept_ip] {
+        sh(&["rule", "add", "to", ip, "lookup", "main", "priority", "512"]);
+        sh(&["rule", "add", "from", ip, "lookup", "2", "priority", "1536"]);
+    }
+    released.insert(gone_ip.clone());
+
     let ipamd = Ipamd::start(&node, dir.path(), &env);
     let mut c = ipamd.client().await;
-    // Every acknowledged allocation survived with its address.
+    let rules = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["-n", &node.netns, "rule"])
+            .output()
+            .expect("ip rule")
+            .stdout,
+    )
+    .to_string();
+    assert!(
+        !rules.contains(&format!("{gone_ip} ")) && !rules.contains(&format!("{gone_ip}\n")),
+        "gone pod's rules pruned:\n{rules}"
+    );
+    assert_eq!(
+        rules.matches(&format!(" {kept_ip} ")).count(),
+        2,
+        "living pod's rules kept:\n{rules}"
+    );
+    // Every acknowledged allocation of a living pod survived with its address.
     for (n, ip) in &held {
         let r = c.add(add(*n)).await.expect("re-ADD").into_inner();
         assert_eq!(&r.ipv4, ip, "pod {n} kept its address");
@@ -502,7 +464,7 @@ async fn start_with(
     seed: u64,
 ) -> (
     Vpcsim,
-    Ipamd,
+    harness::Ipamd,
     IpamClient<Channel>,
     NodeInfo,
     tempfile::TempDir,

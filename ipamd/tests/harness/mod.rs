@@ -1,0 +1,110 @@
+//! The ipamd test harness: the real binary inside a vpcsim node namespace, a gRPC client on its
+//! unix socket. Shared by the e2e tests and `make bench-ipamd`.
+#![allow(dead_code)]
+
+use e2e::node::NodeInfo;
+use nodewire_proto::IPAM_PROTOCOL_VERSION;
+use nodewire_proto::ipam::ipam_client::IpamClient;
+use nodewire_proto::ipam::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub struct Ipamd {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Ipamd {
+    /// Starts `bin` inside the node's namespace, pointed at vpcsim's EC2 endpoint and IMDS.
+    pub fn start_bin(bin: &Path, node: &NodeInfo, dir: &Path, env: &[(&str, &str)]) -> Ipamd {
+        let socket = dir.join("ipamd.sock");
+        let log = dir.join("ipamd.log");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node.netns])
+            .arg(bin)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_ENDPOINT_URL_EC2", "http://169.254.169.254:8773")
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "x")
+            .env("RUST_LOG", "info")
+            .env("NODEWIRE_IPAMD_SOCKET", &socket)
+            .env("NODEWIRE_BACKING_STORE", dir.join("ipam.json"))
+            .env(
+                "AWS_VPC_K8S_CNI_BACKING_STORE",
+                dir.join("upstream-ipam.json"),
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Ipamd {
+            child: cmd.spawn().expect("spawn ipamd"),
+            socket,
+            log,
+        }
+    }
+
+    pub async fn client(&self) -> IpamClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.socket.exists() {
+                let path = self.socket.clone();
+                let ch = tonic::transport::Endpoint::try_from("http://ipamd.local")
+                    .expect("endpoint")
+                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                        let path = path.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                                tokio::net::UnixStream::connect(path).await?,
+                            ))
+                        }
+                    }))
+                    .await;
+                if let Ok(ch) = ch {
+                    return IpamClient::new(ch);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ipamd never listened: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Ipamd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+pub fn key(n: usize) -> AttachmentKey {
+    AttachmentKey {
+        network_name: "aws-cni".into(),
+        container_id: format!("sandbox-{n}"),
+        ifname: "eth0".into(),
+    }
+}
+
+pub fn add(n: usize) -> AddRequest {
+    AddRequest {
+        key: Some(key(n)),
+        pod: Some(PodRef {
+            namespace: "default".into(),
+            name: format!("pod-{n}"),
+            ..Default::default()
+        }),
+        netns: format!("/var/run/netns/cni-{n}"),
+        host_ifname: format!("eni{n:011}"),
+        client_version: IPAM_PROTOCOL_VERSION,
+    }
+}
