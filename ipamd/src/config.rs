@@ -67,6 +67,10 @@ pub struct Config {
     pub subnet_backoff: Duration,
     /// How often the leaked-ENI sweep runs.
     pub leak_sweep_interval: Duration,
+    /// How often the datastore is checked against EC2's view of the node.
+    pub ec2_sync_interval: Duration,
+    /// Where `DescribeInstanceTypes` answers are cached.
+    pub instance_type_cache: PathBuf,
 }
 
 impl Config {
@@ -230,6 +234,7 @@ impl Config {
         let decrease_interval = secs("NODEWIRE_DECREASE_INTERVAL_SECONDS", 30)?;
         let subnet_backoff = secs("NODEWIRE_SUBNET_BACKOFF_SECONDS", 10)?;
         let leak_sweep_interval = secs("NODEWIRE_LEAK_SWEEP_INTERVAL_SECONDS", 3600)?;
+        let ec2_sync_interval = secs("NODEWIRE_EC2_SYNC_INTERVAL_SECONDS", 60)?;
         Ok(Config {
             warm_eni_target,
             warm_ip_target,
@@ -272,6 +277,10 @@ impl Config {
             decrease_interval,
             subnet_backoff,
             leak_sweep_interval,
+            ec2_sync_interval,
+            instance_type_cache: v("NODEWIRE_INSTANCE_TYPE_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/var/run/nodewire/instance-types.json".into()),
         })
     }
 }

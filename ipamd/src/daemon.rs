@@ -28,6 +28,44 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What [`Ipamd::sync_with_ec2`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub cidrs_added: usize,
+    pub cidrs_removed: usize,
+    pub enis_adopted: usize,
+    pub enis_removed: usize,
+}
+
+/// The instance type's limits: from the on-disk cache, else `DescribeInstanceTypes` (then
+/// cached), else `None` (the caller falls back to the built-in table).
+async fn instance_limits<C: Cloud>(
+    cfg: &Config,
+    cloud: &C,
+    name: &str,
+) -> Option<(u32, u32, bool)> {
+    let path = &cfg.instance_type_cache;
+    let mut cache: BTreeMap<String, (u32, u32, bool)> = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if let Some(t) = cache.get(name) {
+        return Some(*t);
+    }
+    let t = cloud.instance_type(name).await.ok().flatten()?;
+    cache.insert(name.to_string(), t);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(body) = serde_json::to_vec(&cache) {
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, body).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+    Some(t)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AddError {
     /// The pool is empty and cannot grow; the message names why.
@@ -94,18 +132,19 @@ impl<C: Cloud> Ipamd<C> {
         cloud: C,
         host: Option<crate::hostnet::HostNet>,
     ) -> Result<Arc<Self>, InitError> {
-        let (per_eni, card_enis, nitro) = match cloud.instance_type(&node.instance_type).await {
-            Ok(Some(t)) => t,
-            _ => {
-                let t = nodewire_aws::limits::lookup(&node.instance_type)
-                    .ok_or_else(|| InitError::UnknownType(node.instance_type.clone()))?;
-                (
-                    t.ipv4_addresses_per_interface,
-                    t.default_card_enis(),
-                    t.supports_prefix_delegation(),
-                )
-            }
-        };
+        let (per_eni, card_enis, nitro) =
+            match instance_limits(&cfg, &cloud, &node.instance_type).await {
+                Some(t) => t,
+                None => {
+                    let t = nodewire_aws::limits::lookup(&node.instance_type)
+                        .ok_or_else(|| InitError::UnknownType(node.instance_type.clone()))?;
+                    (
+                        t.ipv4_addresses_per_interface,
+                        t.default_card_enis(),
+                        t.supports_prefix_delegation(),
+                    )
+                }
+            };
         let prefix_mode = cfg.prefix_delegation && nitro;
         let max_enis = cfg.max_eni.map_or(card_enis, |m| m.min(card_enis));
         let per_slot = if prefix_mode { 16 } else { 1 };
@@ -457,12 +496,118 @@ impl<C: Cloud> Ipamd<C> {
 
     /// Runs the reconciler until [`Ipamd::stop`].
     pub async fn run(self: Arc<Self>, interval: Duration) {
+        let mut last_sync = Instant::now();
         while !self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!(error = %e, "pool reconcile failed");
             }
-            let _ = tokio::time::timeout(interval, self.wake.notified()).await;
+            // EC2 is the truth: resync on the same task, so it never races a pool action.
+            if last_sync.elapsed() >= self.cfg.ec2_sync_interval {
+                last_sync = Instant::now();
+                if let Err(e) = self.sync_with_ec2().await {
+                    tracing::warn!(error = %e, "EC2 resync failed");
+                }
+            }
+            let wait = interval.min(self.cfg.ec2_sync_interval);
+            let _ = tokio::time::timeout(wait, self.wake.notified()).await;
         }
+    }
+
+    /// Aligns the datastore with EC2's view of the node: addresses assigned behind ipamd's back
+    /// join the pool; addresses and ENIs EC2 no longer has leave it (pods on them lose them, as
+    /// upstream's force-removal); managed ENIs attached behind its back are adopted.
+    pub async fn sync_with_ec2(&self) -> Result<SyncReport, CloudError> {
+        let enis = self.cloud.enis_of(&self.node.instance_id).await?;
+        let now = now_ms();
+        let mut report = SyncReport::default();
+        let mut adopt = Vec::new();
+        {
+            let mut st = self.state.lock().await;
+            // Device indexes in use are EC2's word, ours and other tenants' alike.
+            st.used_devices = enis
+                .iter()
+                .filter(|e| e.network_card == 0)
+                .filter_map(|e| e.device_index)
+                .collect();
+            let attached: BTreeSet<String> = enis.iter().map(|e| e.id.clone()).collect();
+            let gone: Vec<String> = st
+                .ds
+                .enis
+                .values()
+                .filter(|e| !attached.contains(&e.id))
+                .map(|e| e.id.clone())
+                .collect();
+            for id in gone {
+                st.ds.remove_eni(&id, now, true);
+                st.attachments.remove(&id);
+                report.enis_removed += 1;
+            }
+            for e in enis.iter().filter(|e| e.network_card == 0) {
+                if !managed(&self.cfg, &self.node, e) {
+                    continue;
+                }
+                let Some(known) = st.ds.eni_by_id(&e.id).cloned() else {
+                    if e.status == "in-use" {
+                        adopt.push(e.clone());
+                    }
+                    continue;
+                };
+                let want: BTreeSet<Ipv4Net> = e
+                    .ips
+                    .iter()
+                    .map(|ip| Ipv4Net::new(*ip, 32).expect("32 is valid"))
+                    .chain(e.prefixes.iter().copied())
+                    .collect();
+                for net in known.cidrs.keys().filter(|n| !want.contains(n)) {
+                    st.ds.remove_cidr(&e.id, *net, now, true);
+                    report.cidrs_removed += 1;
+                }
+                let missing_ips: Vec<Ipv4Addr> = e
+                    .ips
+                    .iter()
+                    .copied()
+                    .filter(|ip| {
+                        !known
+                            .cidrs
+                            .contains_key(&Ipv4Net::new(*ip, 32).expect("32 is valid"))
+                    })
+                    .collect();
+                let missing_prefixes: Vec<Ipv4Net> = e
+                    .prefixes
+                    .iter()
+                    .copied()
+                    .filter(|p| !known.cidrs.contains_key(p))
+                    .collect();
+                report.cidrs_added += missing_ips.len() + missing_prefixes.len();
+                add_cidrs(&mut st.ds, &e.id, &missing_ips, &missing_prefixes);
+            }
+            if report.cidrs_removed + report.enis_removed > 0 {
+                let _ = self.persist(&st.ds);
+            }
+        }
+        for e in adopt {
+            let device = e.device_index.unwrap_or(0);
+            self.macs.lock().await.insert(e.id.clone(), e.mac.clone());
+            if let (Some(h), Some(ip)) = (&self.host, e.primary_ip)
+                && let Err(err) = h
+                    .setup_eni(&self.eni_net(&e.mac, ip, Eni::route_table_for(device, false)))
+                    .await
+            {
+                tracing::warn!(eni = %e.id, error = %err, "could not set up an adopted ENI");
+                continue;
+            }
+            let mut st = self.state.lock().await;
+            if let Some(a) = &e.attachment_id {
+                st.attachments.insert(e.id.clone(), a.clone());
+            }
+            add_eni(&mut st.ds, &self.node, &e, now);
+            report.enis_adopted += 1;
+        }
+        if report != SyncReport::default() {
+            tracing::info!(?report, "resynced with EC2");
+            self.changed.notify_waiters();
+        }
+        Ok(report)
     }
 
     /// One pass: plan under the lock, call EC2 outside it, apply the results under it.
@@ -709,9 +854,10 @@ impl<C: Cloud> Ipamd<C> {
     }
 
     async fn free_eni(&self, eni_id: &str) -> Result<(), CloudError> {
-        let attachment = {
+        let (attachment, device) = {
             let mut st = self.state.lock().await;
             let ip = st.ds.eni_by_id(eni_id).map(|e| e.primary_ip);
+            let device = st.ds.eni_by_id(eni_id).map(|e| e.device_number);
             if !st.ds.remove_eni(eni_id, now_ms(), false) {
                 return Ok(());
             }
@@ -721,13 +867,14 @@ impl<C: Cloud> Ipamd<C> {
                 tracing::warn!(eni = eni_id, error = %e, "could not remove the ENI rule");
             }
             st.last_decrease = Some(Instant::now());
-            st.attachments.remove(eni_id)
+            (st.attachments.remove(eni_id), device)
         };
         if let Some(a) = attachment {
             self.detach_and_delete(eni_id, &a).await?;
         }
-        let mut st = self.state.lock().await;
-        st.used_devices = st.ds.enis.keys().copied().collect();
+        if let Some(d) = device {
+            self.state.lock().await.used_devices.remove(&d);
+        }
         tracing::info!(eni = eni_id, "ENI freed");
         Ok(())
     }

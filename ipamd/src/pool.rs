@@ -112,30 +112,33 @@ pub fn plan(
     let mut actions = Vec::new();
     if short > 0 {
         // Units are slots (IPs or prefixes). Warm-ENI mode fills whole ENIs, like upstream.
-        let mut units = match t {
-            Target::WarmEni(_) => l.slots_per_eni.max(short.div_ceil(l.per_slot)),
-            _ => short.div_ceil(l.per_slot),
-        };
+        // Units are slots (IPs or prefixes). Warm-ENI mode tops up an ENI completely and creates
+        // whole ENIs, like upstream; the other modes ask for exactly the shortage.
+        let whole = matches!(t, Target::WarmEni(_));
+        let mut units = short.div_ceil(l.per_slot);
         for e in ds.enis.values() {
             if units == 0 {
                 break;
             }
-            let used = e.cidrs.len() as u32;
-            let room = l.slots_per_eni.saturating_sub(used);
+            let room = l.slots_per_eni.saturating_sub(e.cidrs.len() as u32);
             if room > 0 {
-                let n = room.min(units);
+                let n = if whole { room } else { room.min(units) };
                 actions.push(Action::Assign {
                     eni_id: e.id.clone(),
                     count: n,
                 });
-                units -= n;
+                units = units.saturating_sub(n);
             }
         }
         let mut enis = ds.enis.len() as u32;
         while units > 0 && enis < l.max_enis {
-            let n = units.min(l.slots_per_eni);
+            let n = if whole {
+                l.slots_per_eni
+            } else {
+                units.min(l.slots_per_eni)
+            };
             actions.push(Action::CreateEni { count: n });
-            units -= n;
+            units = units.saturating_sub(n);
             enis += 1;
         }
         let blocked = (actions.is_empty()).then_some(Blocked::EniLimit {
@@ -369,6 +372,21 @@ mod tests {
         assert_eq!(
             plan(&d, 0, Target::WarmEni(1), &M5_LARGE, |_| true).0,
             vec![Action::CreateEni { count: 9 }]
+        );
+    }
+
+    #[test]
+    fn warm_eni_tops_up_a_partly_filled_eni_without_a_new_one() {
+        let mut d = Datastore::new(false, 0);
+        d.add_eni(eni("eni-0", 0));
+        ips(&mut d, "eni-0", 0, 7);
+        let (a, _) = plan(&d, 0, Target::WarmEni(1), &M5_LARGE, |_| true);
+        assert_eq!(
+            a,
+            vec![Action::Assign {
+                eni_id: "eni-0".into(),
+                count: 2
+            }]
         );
     }
 

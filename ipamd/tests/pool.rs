@@ -376,6 +376,12 @@ async fn kill_9_during_a_burst_loses_nothing_and_keeps_cooldowns() {
 
     let ipamd = Ipamd::start(&node, dir.path(), &env);
     let mut c = ipamd.client().await;
+    // The socket is bound before the restart work; an answered call means the work is done.
+    c.status(StatusRequest {
+        client_version: IPAM_PROTOCOL_VERSION,
+    })
+    .await
+    .expect("status");
     let rules = String::from_utf8_lossy(
         &Command::new("ip")
             .args(["-n", &node.netns, "rule"])
@@ -386,7 +392,8 @@ async fn kill_9_during_a_burst_loses_nothing_and_keeps_cooldowns() {
     .to_string();
     assert!(
         !rules.contains(&format!("{gone_ip} ")) && !rules.contains(&format!("{gone_ip}\n")),
-        "gone pod's rules pruned:\n{rules}"
+        "gone pod's rules pruned:\n{rules}\nipamd log:\n{}",
+        std::fs::read_to_string(&ipamd.log).unwrap_or_default()
     );
     assert_eq!(
         rules.matches(&format!(" {kept_ip} ")).count(),
@@ -805,6 +812,74 @@ async fn pool_reaches_its_target_with_throttling_and_latency() {
         stats.actions.values().map(|a| a.injected).sum::<u64>() > 0,
         "faults were injected: {stats:?}"
     );
+    drop(ipamd);
+    sim.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_behind_ipamds_back_are_picked_up_from_ec2() {
+    let env = [("NODEWIRE_EC2_SYNC_INTERVAL_SECONDS", "1")];
+    let (sim, ipamd, _c, node, _dir) = start_with(&env, 61).await;
+    wait_for("the warm pool", &ipamd.log, || {
+        ec2_view(&sim, &node.instance_id) == (vec![10], 0)
+    })
+    .await;
+    let ec2 = nodewire_aws::ec2::client_for_endpoint(&sim.info.ec2_endpoint_local, "us-east-1", 1);
+    // Someone unassigns two of the pool's addresses: ipamd drops them and grows back.
+    let taken: Vec<String> = {
+        let s = sim.shared.sim();
+        s.enis[&node.eni_id].private_ips[1..3]
+            .iter()
+            .map(|i| i.to_string())
+            .collect()
+    };
+    ec2.unassign_private_ip_addresses()
+        .network_interface_id(&node.eni_id)
+        .set_private_ip_addresses(Some(taken.clone()))
+        .send()
+        .await
+        .expect("unassign behind its back");
+    wait_for("ipamd to notice and refill", &ipamd.log, || {
+        ec2_view(&sim, &node.instance_id) == (vec![10], 0)
+    })
+    .await;
+    // Someone attaches an ENI tagged for this node: ipamd adopts it and routes it.
+    let eni = ec2
+        .create_network_interface()
+        .subnet_id(&node.subnet_id)
+        .secondary_private_ip_address_count(2)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::NetworkInterface)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("node.k8s.amazonaws.com/instance_id")
+                        .value(&node.instance_id)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("create");
+    let eni = eni.network_interface().expect("eni");
+    let eni_ip = eni.private_ip_address().expect("ip").to_string();
+    ec2.attach_network_interface()
+        .network_interface_id(eni.network_interface_id().expect("id"))
+        .instance_id(&node.instance_id)
+        .device_index(1)
+        .send()
+        .await
+        .expect("attach");
+    let rule = format!("32765:\tfrom {eni_ip} lookup 2");
+    wait_for("the adopted ENI's rule", &ipamd.log, || {
+        let out = Command::new("ip")
+            .args(["-n", &node.netns, "rule"])
+            .output()
+            .expect("ip rule");
+        String::from_utf8_lossy(&out.stdout).contains(&rule)
+    })
+    .await;
     drop(ipamd);
     sim.shutdown().await.expect("shutdown");
 }

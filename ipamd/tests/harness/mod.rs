@@ -34,6 +34,10 @@ impl Ipamd {
             .env("NODEWIRE_IPAMD_SOCKET", &socket)
             .env("NODEWIRE_BACKING_STORE", dir.join("ipam.json"))
             .env(
+                "NODEWIRE_INSTANCE_TYPE_CACHE",
+                dir.join("instance-types.json"),
+            )
+            .env(
                 "AWS_VPC_K8S_CNI_BACKING_STORE",
                 dir.join("upstream-ipam.json"),
             )
