@@ -88,6 +88,8 @@ pub enum InitError {
     UnknownType(String),
     #[error("host networking: {0}")]
     Host(#[from] crate::hostnet::Error),
+    #[error("SNAT rules: {0}")]
+    Snat(#[from] crate::snat::Error),
 }
 
 struct State {
@@ -211,6 +213,7 @@ impl<C: Cloud> Ipamd<C> {
             cfg,
         });
         me.setup_host().await?;
+        me.setup_snat().await?;
         me.load_checkpoint().await?;
         Ok(me)
     }
@@ -245,6 +248,26 @@ impl<C: Cloud> Ipamd<C> {
                 continue;
             }
             h.setup_eni(&self.eni_net(&mac, ip, table)).await?;
+        }
+        Ok(())
+    }
+
+    /// SNAT / connmark rules and the fwmark rule (idempotent: the table is replaced).
+    async fn setup_snat(&self) -> Result<(), InitError> {
+        let Some(h) = &self.host else { return Ok(()) };
+        let primary_if = h.link_name(&self.node.primary_mac).await?;
+        let rs = crate::snat::ruleset(
+            &self.cfg,
+            self.node.primary_ip,
+            &primary_if,
+            &self.node.vpc_cidrs,
+        );
+        tokio::task::spawn_blocking(move || crate::snat::apply(&rs))
+            .await
+            .map_err(|e| InitError::Snat(crate::snat::Error::Apply(e.to_string())))??;
+        if !self.cfg.external_snat || self.cfg.node_port_support {
+            h.ensure_fwmark_rule(self.cfg.connmark, crate::snat::FWMARK_RULE_PRIORITY)
+                .await?;
         }
         Ok(())
     }

@@ -94,6 +94,74 @@ impl HostNet {
         }
     }
 
+    /// The name of the link with `mac`.
+    pub async fn link_name(&self, mac: &str) -> Result<String, Error> {
+        let idx = self.wait_link(mac, Duration::from_secs(10)).await?;
+        let mut links = self.h.link().get().match_index(idx).execute();
+        while let Some(l) = links.try_next().await.map_err(nl("reading a link"))? {
+            for a in &l.attributes {
+                if let LinkAttribute::IfName(n) = a {
+                    return Ok(n.clone());
+                }
+            }
+        }
+        Err(Error::NoLink(mac.to_string()))
+    }
+
+    /// Exactly one `fwmark <mark>/<mark> lookup main` at `priority`.
+    pub async fn ensure_fwmark_rule(&self, mark: u32, priority: u32) -> Result<(), Error> {
+        let mut rules = self.h.rule().get(IpVersion::V4).execute();
+        let mut ours = Vec::new();
+        while let Some(r) = rules.try_next().await.map_err(nl("listing rules"))? {
+            let prio = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority));
+            let fw = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::FwMark(m) if *m == mark));
+            if prio && fw {
+                ours.push(r);
+            }
+        }
+        for r in ours.into_iter().skip(1) {
+            self.h
+                .rule()
+                .del(r)
+                .execute()
+                .await
+                .map_err(nl("removing a duplicate fwmark rule"))?;
+        }
+        let mut rules = self.h.rule().get(IpVersion::V4).execute();
+        while let Some(r) = rules.try_next().await.map_err(nl("listing rules"))? {
+            let prio = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority));
+            let fw = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::FwMark(m) if *m == mark));
+            if prio && fw {
+                return Ok(());
+            }
+        }
+        let mut req = self
+            .h
+            .rule()
+            .add()
+            .v4()
+            .fw_mark(mark)
+            .table_id(MAIN_TABLE)
+            .priority(priority)
+            .action(RuleAction::ToTable);
+        req.message_mut()
+            .attributes
+            .push(RuleAttribute::FwMask(mark));
+        req.execute().await.map_err(nl("adding the fwmark rule"))
+    }
+
     /// The primary ENI: only the MTU.
     pub async fn setup_primary(&self, mac: &str, mtu: u32) -> Result<(), Error> {
         let idx = self.wait_link(mac, Duration::from_secs(10)).await?;

@@ -16,3 +16,4 @@ pub mod hostnet;
 pub mod observe;
 pub mod pool;
 pub mod server;
+pub mod snat;

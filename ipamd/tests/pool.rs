@@ -883,3 +883,76 @@ async fn changes_behind_ipamds_back_are_picked_up_from_ec2() {
     drop(ipamd);
     sim.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snat_and_connmark_rules_are_installed_once_and_survive_restarts() {
+    let (sim, ipamd, mut c, node, dir) = start_with(&[], 71).await;
+    c.status(StatusRequest {
+        client_version: IPAM_PROTOCOL_VERSION,
+    })
+    .await
+    .expect("ready");
+    let ruleset = || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.netns,
+                "nft",
+                "-j",
+                "list",
+                "table",
+                "ip",
+                "nodewire",
+            ])
+            .output()
+            .expect("nft");
+        assert!(
+            out.status.success(),
+            "nft list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let rules: Vec<serde_json::Value> = v["nftables"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|o| o.get("rule").cloned())
+            .collect();
+        rules
+    };
+    let fwmark_rules = || {
+        let out = Command::new("ip")
+            .args(["-n", &node.netns, "rule"])
+            .output()
+            .expect("ip rule");
+        String::from_utf8_lossy(&out.stdout)
+            .matches("1024:\tfrom all fwmark 0x80/0x80 lookup main")
+            .count()
+    };
+    let first = ruleset();
+    let text = serde_json::to_string(&first).expect("json");
+    assert!(
+        text.contains(&format!("\"addr\":\"{}\"", node.primary_ip)),
+        "SNAT to the node's primary IP: {text}"
+    );
+    assert!(text.contains("fully-random"), "{text}");
+    assert!(
+        text.contains("\"10.90.0.0\""),
+        "the VPC CIDR is exempt: {text}"
+    );
+    assert_eq!(first.iter().filter(|r| r["chain"] == "snat").count(), 3);
+    assert_eq!(fwmark_rules(), 1);
+    drop(ipamd);
+    let ipamd = Ipamd::start(&node, dir.path(), &[]);
+    let mut c = ipamd.client().await;
+    c.status(StatusRequest {
+        client_version: IPAM_PROTOCOL_VERSION,
+    })
+    .await
+    .expect("ready again");
+    assert_eq!(ruleset().len(), first.len(), "replaced, not duplicated");
+    assert_eq!(fwmark_rules(), 1, "one fwmark rule after a restart");
+    drop(ipamd);
+    sim.shutdown().await.expect("shutdown");
+}
