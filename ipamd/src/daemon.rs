@@ -256,6 +256,7 @@ impl<C: Cloud> Ipamd<C> {
     async fn setup_snat(&self) -> Result<(), InitError> {
         let Some(h) = &self.host else { return Ok(()) };
         let primary_if = h.link_name(&self.node.primary_mac).await?;
+        crate::hostnet::HostNet::sysctls(&primary_if)?;
         let rs = crate::snat::ruleset(
             &self.cfg,
             self.node.primary_ip,

@@ -108,6 +108,18 @@ impl HostNet {
         Err(Error::NoLink(mac.to_string()))
     }
 
+    /// Sysctls as upstream sets them: loose reverse-path filtering on the primary interface
+    /// (replies to pods on secondary ENIs arrive there) and IPv4 forwarding for pod traffic.
+    pub fn sysctls(primary_if: &str) -> Result<(), Error> {
+        for (key, value) in [
+            (format!("net/ipv4/conf/{primary_if}/rp_filter"), "2"),
+            ("net/ipv4/ip_forward".to_string(), "1"),
+        ] {
+            std::fs::write(std::path::Path::new("/proc/sys").join(&key), value)?;
+        }
+        Ok(())
+    }
+
     /// Exactly one `fwmark <mark>/<mark> lookup main` at `priority`.
     pub async fn ensure_fwmark_rule(&self, mark: u32, priority: u32) -> Result<(), Error> {
         let mut rules = self.h.rule().get(IpVersion::V4).execute();

@@ -395,6 +395,22 @@ async fn kill_9_during_a_burst_loses_nothing_and_keeps_cooldowns() {
         "gone pod's rules pruned:\n{rules}\nipamd log:\n{}",
         std::fs::read_to_string(&ipamd.log).unwrap_or_default()
     );
+    let secondary = sim
+        .shared
+        .sim()
+        .enis
+        .values()
+        .filter(|e| {
+            e.attachment
+                .as_ref()
+                .is_some_and(|a| a.instance_id == node.instance_id && a.device_index > 0)
+        })
+        .count();
+    assert_eq!(
+        rules.matches("32765:").count(),
+        secondary,
+        "one ENI rule per secondary ENI after the restart:\n{rules}"
+    );
     assert_eq!(
         rules.matches(&format!(" {kept_ip} ")).count(),
         2,
@@ -943,6 +959,23 @@ async fn snat_and_connmark_rules_are_installed_once_and_survive_restarts() {
     );
     assert_eq!(first.iter().filter(|r| r["chain"] == "snat").count(), 3);
     assert_eq!(fwmark_rules(), 1);
+    let sysctl = |k: &str| {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.netns,
+                "cat",
+                &format!("/proc/sys/net/ipv4/{k}"),
+            ])
+            .output()
+            .expect("cat");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        (sysctl("conf/eth0/rp_filter"), sysctl("ip_forward")),
+        ("2".to_string(), "1".to_string())
+    );
     drop(ipamd);
     let ipamd = Ipamd::start(&node, dir.path(), &[]);
     let mut c = ipamd.client().await;
