@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{RouteProtocol, RouteScope};
-use netlink_packet_route::rule::{RuleAction, RuleAttribute};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -59,7 +59,41 @@ fn is_missing(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ESRCH || m.raw_code() == -libc::ENOENT)
 }
 
+fn priority(r: &RuleMessage) -> Option<u32> {
+    r.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Priority(p) => Some(*p),
+        _ => None,
+    })
+}
+
+fn has(r: &RuleMessage, want: impl Fn(&RuleAttribute) -> bool) -> bool {
+    r.attributes.iter().any(want)
+}
+
 impl HostNet {
+    /// IPv4 rules for which `keep` holds.
+    async fn rules(&self, keep: impl Fn(&RuleMessage) -> bool) -> Result<Vec<RuleMessage>, Error> {
+        let mut out = Vec::new();
+        let mut rules = self.h.rule().get(IpVersion::V4).execute();
+        while let Some(r) = rules.try_next().await.map_err(nl("listing rules"))? {
+            if keep(&r) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes rules; ones already gone are fine.
+    async fn delete_rules(&self, rules: Vec<RuleMessage>, what: &str) -> Result<(), Error> {
+        for r in rules {
+            match self.h.rule().del(r).execute().await {
+                Err(e) if !is_missing(&e) => return Err(nl(what)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Opens a netlink connection in the current network namespace.
     pub fn new() -> Result<HostNet, Error> {
         let (conn, h, _) = rtnetlink::new_connection()?;
@@ -121,43 +155,18 @@ impl HostNet {
     }
 
     /// Exactly one `fwmark <mark>/<mark> lookup main` at `priority`.
-    pub async fn ensure_fwmark_rule(&self, mark: u32, priority: u32) -> Result<(), Error> {
-        let mut rules = self.h.rule().get(IpVersion::V4).execute();
-        let mut ours = Vec::new();
-        while let Some(r) = rules.try_next().await.map_err(nl("listing rules"))? {
-            let prio = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority));
-            let fw = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RuleAttribute::FwMark(m) if *m == mark));
-            if prio && fw {
-                ours.push(r);
-            }
-        }
-        for r in ours.into_iter().skip(1) {
-            self.h
-                .rule()
-                .del(r)
-                .execute()
-                .await
-                .map_err(nl("removing a duplicate fwmark rule"))?;
-        }
-        let mut rules = self.h.rule().get(IpVersion::V4).execute();
-        while let Some(r) = rules.try_next().await.map_err(nl("listing rules"))? {
-            let prio = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority));
-            let fw = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RuleAttribute::FwMark(m) if *m == mark));
-            if prio && fw {
-                return Ok(());
-            }
+    pub async fn ensure_fwmark_rule(&self, mark: u32, priority_: u32) -> Result<(), Error> {
+        let mut ours = self
+            .rules(|r| {
+                priority(r) == Some(priority_)
+                    && has(r, |a| matches!(a, RuleAttribute::FwMark(m) if *m == mark))
+            })
+            .await?;
+        if !ours.is_empty() {
+            ours.remove(0);
+            return self
+                .delete_rules(ours, "removing a duplicate fwmark rule")
+                .await;
         }
         let mut req = self
             .h
@@ -166,7 +175,7 @@ impl HostNet {
             .v4()
             .fw_mark(mark)
             .table_id(MAIN_TABLE)
-            .priority(priority)
+            .priority(priority_)
             .action(RuleAction::ToTable);
         req.message_mut()
             .attributes
@@ -274,43 +283,34 @@ impl HostNet {
 
     /// Exactly one `from <ip> lookup <table>` at priority 32765.
     async fn ensure_rule(&self, ip: Ipv4Addr, table: u32) -> Result<(), Error> {
-        let mut found = false;
-        let mut rules = self.h.rule().get(IpVersion::V4).execute();
-        let mut stale = Vec::new();
-        while let Some(r) = rules.try_next().await.map_err(nl("listing rules"))? {
-            let prio = r.attributes.iter().find_map(|a| match a {
-                RuleAttribute::Priority(p) => Some(*p),
-                _ => None,
-            });
-            let src = r.attributes.iter().find_map(|a| match a {
-                RuleAttribute::Source(IpAddr::V4(s)) => Some(*s),
-                _ => None,
-            });
-            let tbl = r
-                .attributes
+        let mine = self
+            .rules(|r| {
+                priority(r) == Some(ENI_RULE_PRIORITY)
+                    && r.header.src_len == 32
+                    && has(
+                        r,
+                        |a| matches!(a, RuleAttribute::Source(IpAddr::V4(s)) if *s == ip),
+                    )
+            })
+            .await?;
+        let table_of = |r: &RuleMessage| {
+            r.attributes
                 .iter()
                 .find_map(|a| match a {
                     RuleAttribute::Table(t) => Some(*t),
                     _ => None,
                 })
-                .unwrap_or(r.header.table as u32);
-            if prio == Some(ENI_RULE_PRIORITY) && src == Some(ip) && r.header.src_len == 32 {
-                if tbl == table && !found {
-                    found = true;
-                } else {
-                    stale.push(r);
-                }
-            }
+                .unwrap_or(r.header.table as u32)
+        };
+        let (mut good, stale): (Vec<_>, Vec<_>) =
+            mine.into_iter().partition(|r| table_of(r) == table);
+        let mut extra = stale;
+        if good.len() > 1 {
+            extra.extend(good.drain(1..));
         }
-        for r in stale {
-            self.h
-                .rule()
-                .del(r)
-                .execute()
-                .await
-                .map_err(nl("removing a stale ENI rule"))?;
-        }
-        if !found {
+        self.delete_rules(extra, "removing a stale ENI rule")
+            .await?;
+        if good.is_empty() {
             self.h
                 .rule()
                 .add()
@@ -343,60 +343,37 @@ impl HostNet {
     /// Removes a pod's host rules (`to <ip>` at 512, `from <ip>` at 1536) left behind by a pod
     /// that was deleted while ipamd was down.
     pub async fn prune_pod_rules(&self, ip: Ipv4Addr) -> Result<usize, Error> {
-        let mut rules = self.h.rule().get(IpVersion::V4).execute();
-        let mut doomed = Vec::new();
-        while let Some(r) = rules.try_next().await.map_err(nl("listing rules"))? {
-            let prio = r.attributes.iter().find_map(|a| match a {
-                RuleAttribute::Priority(p) => Some(*p),
-                _ => None,
-            });
-            let to = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RuleAttribute::Destination(IpAddr::V4(d)) if *d == ip));
-            let from = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RuleAttribute::Source(IpAddr::V4(s)) if *s == ip));
-            if (prio == Some(POD_TO_RULE_PRIORITY) && to)
-                || (prio == Some(POD_FROM_RULE_PRIORITY) && from)
-            {
-                doomed.push(r);
-            }
-        }
+        let doomed = self
+            .rules(|r| {
+                let to = has(
+                    r,
+                    |a| matches!(a, RuleAttribute::Destination(IpAddr::V4(d)) if *d == ip),
+                );
+                let from = has(
+                    r,
+                    |a| matches!(a, RuleAttribute::Source(IpAddr::V4(s)) if *s == ip),
+                );
+                (priority(r) == Some(POD_TO_RULE_PRIORITY) && to)
+                    || (priority(r) == Some(POD_FROM_RULE_PRIORITY) && from)
+            })
+            .await?;
         let n = doomed.len();
-        for r in doomed {
-            match self.h.rule().del(r).execute().await {
-                Err(e) if !is_missing(&e) => return Err(nl("removing a stale pod rule")(e)),
-                _ => {}
-            }
-        }
+        self.delete_rules(doomed, "removing a stale pod rule")
+            .await?;
         Ok(n)
     }
 
     /// Removes an ENI's rule (its table goes with the link).
     pub async fn remove_eni(&self, ip: Ipv4Addr) -> Result<(), Error> {
-        let mut rules = self.h.rule().get(IpVersion::V4).execute();
-        let mut ours = Vec::new();
-        while let Some(r) = rules.try_next().await.map_err(nl("listing rules"))? {
-            let src = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RuleAttribute::Source(IpAddr::V4(s)) if *s == ip));
-            let prio = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == ENI_RULE_PRIORITY));
-            if src && prio {
-                ours.push(r);
-            }
-        }
-        for r in ours {
-            match self.h.rule().del(r).execute().await {
-                Err(e) if !is_missing(&e) => return Err(nl("removing the ENI rule")(e)),
-                _ => {}
-            }
-        }
-        Ok(())
+        let ours = self
+            .rules(|r| {
+                priority(r) == Some(ENI_RULE_PRIORITY)
+                    && has(
+                        r,
+                        |a| matches!(a, RuleAttribute::Source(IpAddr::V4(s)) if *s == ip),
+                    )
+            })
+            .await?;
+        self.delete_rules(ours, "removing the ENI rule").await
     }
 }

@@ -24,6 +24,32 @@ impl Ipamd {
     }
 }
 
+/// Fast transitions (callers still poll, as on EC2).
+fn quick() -> Timing {
+    Timing {
+        attach_ms: 50,
+        detach_ms: 50,
+        create_ms: 30,
+        modify_ms: 50,
+        snapshot_ms: 50,
+        imds_lag_ms: 100,
+    }
+}
+
+/// A one-node m5.large VPC under `dir`.
+async fn vpc(dir: &Path, seed: u64, timing: Timing) -> Vpcsim {
+    let opts = Options {
+        nodes: 1,
+        instance_type: "m5.large".into(),
+        state_dir: dir.join("vpc"),
+        timing,
+        seed,
+        imds_v1: false,
+        zone: None,
+    };
+    Vpcsim::start(opts).await.expect("vpcsim")
+}
+
 /// (ENIs attached to the instance with their address counts, ENIs `available` in the VPC).
 fn ec2_view(sim: &Vpcsim, instance: &str) -> (Vec<usize>, usize) {
     let s = sim.shared.sim();
@@ -52,24 +78,7 @@ async fn wait_for(what: &str, log: &Path, mut probe: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn m5_large_defaults_fill_to_27_pods_then_fail_fast_and_shrink_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let timing = Timing {
-        attach_ms: 50,
-        detach_ms: 50,
-        create_ms: 30,
-        modify_ms: 50,
-        snapshot_ms: 50,
-        imds_lag_ms: 100,
-    };
-    let opts = Options {
-        nodes: 1,
-        instance_type: "m5.large".into(),
-        state_dir: dir.path().join("vpc"),
-        timing,
-        seed: 11,
-        imds_v1: false,
-        zone: None,
-    };
-    let sim = Vpcsim::start(opts).await.expect("vpcsim");
+    let sim = vpc(dir.path(), 11, quick()).await;
     let node = sim.info.nodes[0].clone();
     let ipamd = Ipamd::start(
         &node,
@@ -279,24 +288,7 @@ async fn m5_large_defaults_fill_to_27_pods_then_fail_fast_and_shrink_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_burst_loses_nothing_and_keeps_cooldowns() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let timing = Timing {
-        attach_ms: 50,
-        detach_ms: 50,
-        create_ms: 30,
-        modify_ms: 50,
-        snapshot_ms: 50,
-        imds_lag_ms: 100,
-    };
-    let opts = Options {
-        nodes: 1,
-        instance_type: "m5.large".into(),
-        state_dir: dir.path().join("vpc"),
-        timing,
-        seed: 12,
-        imds_v1: false,
-        zone: None,
-    };
-    let sim = Vpcsim::start(opts).await.expect("vpcsim");
+    let sim = vpc(dir.path(), 12, quick()).await;
     let node = sim.info.nodes[0].clone();
     let env = [("NODEWIRE_ADD_WAIT_MS", "10000")];
     let mut ipamd = Ipamd::start(&node, dir.path(), &env);
@@ -493,24 +485,7 @@ async fn start_with(
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let timing = Timing {
-        attach_ms: 50,
-        detach_ms: 50,
-        create_ms: 30,
-        modify_ms: 50,
-        snapshot_ms: 50,
-        imds_lag_ms: 100,
-    };
-    let opts = Options {
-        nodes: 1,
-        instance_type: "m5.large".into(),
-        state_dir: dir.path().join("vpc"),
-        timing,
-        seed,
-        imds_v1: false,
-        zone: None,
-    };
-    let sim = Vpcsim::start(opts).await.expect("vpcsim");
+    let sim = vpc(dir.path(), seed, quick()).await;
     let node = sim.info.nodes[0].clone();
     let ipamd = Ipamd::start(&node, dir.path(), env);
     let c = ipamd.client().await;
@@ -690,24 +665,19 @@ async fn leaked_eni_sweep_deletes_only_our_old_available_enis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_subnet_fails_fast_naming_it_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let timing = Timing {
-        attach_ms: 20,
-        detach_ms: 20,
-        create_ms: 20,
-        modify_ms: 20,
-        snapshot_ms: 20,
-        imds_lag_ms: 50,
-    };
-    let opts = Options {
-        nodes: 1,
-        instance_type: "m5.large".into(),
-        state_dir: dir.path().join("vpc"),
-        timing,
-        seed: 41,
-        imds_v1: false,
-        zone: None,
-    };
-    let sim = Vpcsim::start(opts).await.expect("vpcsim");
+    let sim = vpc(
+        dir.path(),
+        41,
+        Timing {
+            attach_ms: 20,
+            detach_ms: 20,
+            create_ms: 20,
+            modify_ms: 20,
+            snapshot_ms: 20,
+            imds_lag_ms: 50,
+        },
+    )
+    .await;
     let node = sim.info.nodes[0].clone();
     // Another tenant takes every address of the subnet.
     let ec2 = nodewire_aws::ec2::client_for_endpoint(&sim.info.ec2_endpoint_local, "us-east-1", 1);
@@ -773,24 +743,7 @@ async fn exhausted_subnet_fails_fast_naming_it_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_reaches_its_target_with_throttling_and_latency() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let timing = Timing {
-        attach_ms: 50,
-        detach_ms: 50,
-        create_ms: 30,
-        modify_ms: 50,
-        snapshot_ms: 50,
-        imds_lag_ms: 100,
-    };
-    let opts = Options {
-        nodes: 1,
-        instance_type: "m5.large".into(),
-        state_dir: dir.path().join("vpc"),
-        timing,
-        seed: 51,
-        imds_v1: false,
-        zone: None,
-    };
-    let sim = Vpcsim::start(opts).await.expect("vpcsim");
+    let sim = vpc(dir.path(), 51, quick()).await;
     let node = sim.info.nodes[0].clone();
     let admin = e2e::client::Admin::new(&sim.info.admin_url);
     admin
