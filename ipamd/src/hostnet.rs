@@ -156,17 +156,23 @@ impl HostNet {
 
     /// Exactly one `fwmark <mark>/<mark> lookup main` at `priority`.
     pub async fn ensure_fwmark_rule(&self, mark: u32, priority_: u32) -> Result<(), Error> {
-        let mut ours = self
+        let at_prio = self
             .rules(|r| {
-                priority(r) == Some(priority_)
-                    && has(r, |a| matches!(a, RuleAttribute::FwMark(m) if *m == mark))
+                priority(r) == Some(priority_) && has(r, |a| matches!(a, RuleAttribute::FwMark(_)))
             })
             .await?;
+        // Ours with the current mark (one kept), and stale ones left by another mark setting.
+        let (mut ours, stale): (Vec<_>, Vec<_>) = at_prio
+            .into_iter()
+            .partition(|r| has(r, |a| matches!(a, RuleAttribute::FwMark(m) if *m == mark)));
+        let mut doomed = stale;
+        if ours.len() > 1 {
+            doomed.extend(ours.drain(1..));
+        }
+        self.delete_rules(doomed, "removing a stale fwmark rule")
+            .await?;
         if !ours.is_empty() {
-            ours.remove(0);
-            return self
-                .delete_rules(ours, "removing a duplicate fwmark rule")
-                .await;
+            return Ok(());
         }
         let mut req = self
             .h
