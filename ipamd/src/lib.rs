@@ -1,11 +1,14 @@
-//! ipamd's library: the pure core of the node IP address manager.
+//! ipamd: the node IP address manager.
 //!
-//! Owns: the datastore (ENIs → CIDRs → addresses, assignment by CNI key, cooldowns), the
-//! warm-pool policy, the checkpoint format and its atomic file, and configuration from upstream's
-//! environment variables.
+//! Owns: the node's ENIs and their addresses (datastore, warm pool, checkpoint), the host routing
+//! and SNAT they need, and the gRPC service vpc-cni calls.
 //!
-//! Must not touch: EC2, IMDS, netlink or the clock directly — the daemon's shell calls those and
-//! passes plain data (and `now`) in. Pod network namespaces belong to vpc-cni.
+//! Layout: a pure core — `datastore`, `pool`, `config`, `checkpoint`'s format, `snat::ruleset` —
+//! that takes plain data and `now` and is tested with tables; and a thin shell at the edge —
+//! `cloud` (EC2/IMDS), `hostnet` (netlink), `snat::apply` (nftables), `server` (gRPC),
+//! `observe` (metrics, introspection) and `daemon`, which wires them together.
+//!
+//! Must not touch: pod network namespaces (vpc-cni's) or volumes (ebs-csi's).
 
 pub mod checkpoint;
 pub mod cloud;
