@@ -951,3 +951,17 @@ async fn multi_attach_volume_shows_up_on_both_nodes_and_detaches_per_node() {
     );
     sim.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teardown_cleans_up_even_when_the_state_directory_went_first() {
+    let (sim, dir) = up(1, quick()).await;
+    let ns = sim.info.nodes[0].netns.clone();
+    let fabric = sim.info.fabric_netns.clone();
+    // A panicking test drops its temporary directory before the simulation.
+    drop(dir);
+    drop(sim);
+    assert!(
+        !netns::exists(&ns) && !netns::exists(&fabric),
+        "namespaces removed"
+    );
+}

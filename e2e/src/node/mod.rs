@@ -379,6 +379,10 @@ pub struct Vpcsim {
     tasks: Tasks,
     state_dir: PathBuf,
     torn_down: bool,
+    /// Also kept in memory: the state directory may be gone before teardown (a test's temporary
+    /// directory dropped first while unwinding a panic).
+    namespaces: Vec<String>,
+    loops_root: PathBuf,
 }
 
 impl Vpcsim {
@@ -606,6 +610,8 @@ impl Vpcsim {
             info,
             shared,
             tasks,
+            namespaces: rec.namespaces.clone(),
+            loops_root: state_dir.clone(),
             state_dir,
             torn_down: false,
         })
@@ -632,7 +638,19 @@ impl Vpcsim {
         }
         self.torn_down = true;
         self.tasks.abort_all();
-        down(&self.state_dir)
+        let mut first_err = None;
+        for ns in &self.namespaces {
+            if let Err(e) = netns::delete(ns) {
+                first_err.get_or_insert(e);
+            }
+        }
+        for l in blockdev::loops_under(&self.loops_root) {
+            if let Err(e) = blockdev::detach_loop(&l) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let rest = down(&self.state_dir);
+        first_err.map_or(rest, Err)
     }
 }
 
