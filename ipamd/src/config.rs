@@ -69,6 +69,9 @@ pub struct Config {
     pub leak_sweep_interval: Duration,
     /// How often the datastore is checked against EC2's view of the node.
     pub ec2_sync_interval: Duration,
+    /// CIDRs and ENIs ipamd itself changed this recently are left alone by the resync (EC2's
+    /// describe may lag its own changes).
+    pub ec2_sync_grace: Duration,
     /// Where `DescribeInstanceTypes` answers are cached.
     pub instance_type_cache: PathBuf,
 }
@@ -235,6 +238,7 @@ impl Config {
         let subnet_backoff = secs("NODEWIRE_SUBNET_BACKOFF_SECONDS", 10)?;
         let leak_sweep_interval = secs("NODEWIRE_LEAK_SWEEP_INTERVAL_SECONDS", 3600)?;
         let ec2_sync_interval = secs("NODEWIRE_EC2_SYNC_INTERVAL_SECONDS", 60)?;
+        let ec2_sync_grace = secs("NODEWIRE_EC2_SYNC_GRACE_SECONDS", 60)?;
         Ok(Config {
             warm_eni_target,
             warm_ip_target,
@@ -278,6 +282,7 @@ impl Config {
             subnet_backoff,
             leak_sweep_interval,
             ec2_sync_interval,
+            ec2_sync_grace,
             instance_type_cache: v("NODEWIRE_INSTANCE_TYPE_CACHE")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "/var/run/nodewire/instance-types.json".into()),

@@ -101,6 +101,11 @@ struct State {
     /// No growth attempts before this (subnet exhausted, throttled).
     backoff_until: Option<Instant>,
     backoff_reason: Option<String>,
+    /// The backoff is for an exhausted subnet (ADDs fail at once) rather than throttling (ADDs
+    /// wait, bounded).
+    backoff_exhausted: bool,
+    /// CIDRs and ENIs ipamd changed itself, and when (the resync leaves them alone for a while).
+    recent: HashMap<String, Instant>,
     last_decrease: Option<Instant>,
 }
 
@@ -195,6 +200,8 @@ impl<C: Cloud> Ipamd<C> {
             used_devices,
             backoff_until: None,
             backoff_reason: None,
+            backoff_exhausted: false,
+            recent: HashMap::new(),
             last_decrease: None,
         };
         let me = Arc::new(Ipamd {
@@ -310,7 +317,7 @@ impl<C: Cloud> Ipamd<C> {
                     .allocations()
                     .into_iter()
                     .filter(|(_, meta, ..)| {
-                        !meta.host_ifname.is_empty() && !links.contains(&meta.host_ifname)
+                        host_veth(&self.cfg.veth_prefix, meta).is_some_and(|v| !links.contains(&v))
                     })
                     .map(|(k, _, ip, _)| (k, ip))
                     .collect();
@@ -339,6 +346,7 @@ impl<C: Cloud> Ipamd<C> {
     fn cannot_grow(&self, st: &State) -> Option<String> {
         if let Some(until) = st.backoff_until
             && Instant::now() < until
+            && st.backoff_exhausted
         {
             return Some(
                 st.backoff_reason
@@ -424,9 +432,16 @@ impl<C: Cloud> Ipamd<C> {
     pub async fn del(&self, key: &Key) -> Result<Option<Assignment>, checkpoint::Error> {
         self.counters.del("PodDeleted");
         let mut st = self.state.lock().await;
+        let held = st.ds.allocations().into_iter().find(|(k, ..)| k == key);
         let r = st.ds.release(key, now_ms());
         if r.is_some() {
-            self.persist(&st.ds)?;
+            if let Err(e) = self.persist(&st.ds) {
+                // Unwind: the release is not durable, so it did not happen (the CNI retries).
+                if let Some((k, meta, ip, since)) = held {
+                    st.ds.restore(&k, &meta, ip, since);
+                }
+                return Err(e);
+            }
             drop(st);
             self.wake.notify_one();
         }
@@ -485,11 +500,17 @@ impl<C: Cloud> Ipamd<C> {
             SystemTime::now(),
             self.cfg.leaked_eni_grace,
         );
-        for id in &doomed {
-            self.cloud.delete_eni(id).await?;
-            tracing::info!(eni = %id, "deleted a leaked ENI");
+        let mut deleted = Vec::new();
+        for id in doomed {
+            match self.cloud.delete_eni(&id).await {
+                Ok(()) => {
+                    tracing::info!(eni = %id, "deleted a leaked ENI");
+                    deleted.push(id);
+                }
+                Err(e) => tracing::warn!(eni = %id, error = %e, "could not delete a leaked ENI"),
+            }
         }
-        Ok(doomed)
+        Ok(deleted)
     }
 
     /// Runs the leaked-ENI sweep every `interval` (jittered) until [`Ipamd::stop`].
@@ -547,6 +568,9 @@ impl<C: Cloud> Ipamd<C> {
         let mut adopt = Vec::new();
         {
             let mut st = self.state.lock().await;
+            let grace = self.cfg.ec2_sync_grace;
+            st.recent.retain(|_, t| t.elapsed() < grace);
+            let recent = |st: &State, k: &str| st.recent.contains_key(k);
             // Device indexes in use are EC2's word, ours and other tenants' alike.
             st.used_devices = enis
                 .iter()
@@ -558,7 +582,7 @@ impl<C: Cloud> Ipamd<C> {
                 .ds
                 .enis
                 .values()
-                .filter(|e| !attached.contains(&e.id))
+                .filter(|e| !attached.contains(&e.id) && !recent(&st, &e.id))
                 .map(|e| e.id.clone())
                 .collect();
             for id in gone {
@@ -582,8 +606,18 @@ impl<C: Cloud> Ipamd<C> {
                     .map(|ip| Ipv4Net::new(*ip, 32).expect("32 is valid"))
                     .chain(e.prefixes.iter().copied())
                     .collect();
-                for net in known.cidrs.keys().filter(|n| !want.contains(n)) {
-                    st.ds.remove_cidr(&e.id, *net, now, true);
+                let stale: Vec<Ipv4Net> = known
+                    .cidrs
+                    .keys()
+                    .filter(|n| {
+                        !want.contains(n)
+                            && !recent(&st, &n.addr().to_string())
+                            && !recent(&st, &n.to_string())
+                    })
+                    .copied()
+                    .collect();
+                for net in stale {
+                    st.ds.remove_cidr(&e.id, net, now, true);
                     report.cidrs_removed += 1;
                 }
                 let missing_ips: Vec<Ipv4Addr> = e
@@ -594,13 +628,14 @@ impl<C: Cloud> Ipamd<C> {
                         !known
                             .cidrs
                             .contains_key(&Ipv4Net::new(*ip, 32).expect("32 is valid"))
+                            && !recent(&st, &ip.to_string())
                     })
                     .collect();
                 let missing_prefixes: Vec<Ipv4Net> = e
                     .prefixes
                     .iter()
                     .copied()
-                    .filter(|p| !known.cidrs.contains_key(p))
+                    .filter(|p| !known.cidrs.contains_key(p) && !recent(&st, &p.to_string()))
                     .collect();
                 report.cidrs_added += missing_ips.len() + missing_prefixes.len();
                 add_cidrs(&mut st.ds, &e.id, &missing_ips, &missing_prefixes);
@@ -699,6 +734,7 @@ impl<C: Cloud> Ipamd<C> {
         if e.is_subnet_exhausted() || e.is_throttle() {
             let mut st = self.state.lock().await;
             st.backoff_until = Some(Instant::now() + self.subnet_backoff);
+            st.backoff_exhausted = e.is_subnet_exhausted();
             st.backoff_reason = Some(if e.is_subnet_exhausted() {
                 format!(
                     "subnet {} has no free addresses ({})",
@@ -718,6 +754,13 @@ impl<C: Cloud> Ipamd<C> {
             Ok((got_ips, got_prefixes)) => {
                 let mut st = self.state.lock().await;
                 add_cidrs(&mut st.ds, eni_id, &got_ips, &got_prefixes);
+                touch(
+                    &mut st.recent,
+                    got_ips
+                        .iter()
+                        .map(|i| i.to_string())
+                        .chain(got_prefixes.iter().map(|p| p.to_string())),
+                );
                 drop(st);
                 self.changed.notify_waiters();
                 Ok(())
@@ -772,7 +815,14 @@ impl<C: Cloud> Ipamd<C> {
             return Err(e);
         }
         // Wait for EC2 to finish attaching (it passes through `attaching`), then for the link.
-        let attached = self.wait_status(&eni.id, "in-use").await?;
+        let attached = match self.wait_status(&eni.id, "in-use").await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.detach_and_delete(&eni.id, &attachment).await;
+                self.state.lock().await.used_devices.remove(&device);
+                return Err(e);
+            }
+        };
         self.macs
             .lock()
             .await
@@ -791,6 +841,7 @@ impl<C: Cloud> Ipamd<C> {
             }
         }
         let mut st = self.state.lock().await;
+        touch(&mut st.recent, std::iter::once(eni.id.clone()));
         st.attachments.insert(eni.id.clone(), attachment);
         add_eni(
             &mut st.ds,
@@ -847,11 +898,14 @@ impl<C: Cloud> Ipamd<C> {
             for (eni, net) in cidrs {
                 // Still free? (an ADD may have taken it since the plan)
                 if st.ds.remove_cidr(&eni, net, now, false) {
+                    touch(&mut st.recent, std::iter::once(net.trunc().to_string()));
+                    touch(&mut st.recent, std::iter::once(net.addr().to_string()));
                     by_eni.entry(eni).or_default().push(net);
                 }
             }
             st.last_decrease = Some(Instant::now());
         }
+        let mut first_err = None;
         for (eni, nets) in by_eni {
             let ips: Vec<Ipv4Addr> = nets
                 .iter()
@@ -868,31 +922,32 @@ impl<C: Cloud> Ipamd<C> {
                 .unassign(&eni, ips.clone(), prefixes.clone())
                 .await
             {
-                // EC2 still has them: keep them in the pool.
+                // EC2 still has them: keep them in the pool, and go on with the other ENIs.
                 let mut st = self.state.lock().await;
                 add_cidrs(&mut st.ds, &eni, &ips, &prefixes);
-                return Err(e);
+                first_err.get_or_insert(e);
             }
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     async fn free_eni(&self, eni_id: &str) -> Result<(), CloudError> {
-        let (attachment, device) = {
+        let (attachment, device, ip) = {
             let mut st = self.state.lock().await;
             let ip = st.ds.eni_by_id(eni_id).map(|e| e.primary_ip);
             let device = st.ds.eni_by_id(eni_id).map(|e| e.device_number);
             if !st.ds.remove_eni(eni_id, now_ms(), false) {
                 return Ok(());
             }
-            if let (Some(h), Some(ip)) = (&self.host, ip)
-                && let Err(e) = h.remove_eni(ip).await
-            {
-                tracing::warn!(eni = eni_id, error = %e, "could not remove the ENI rule");
-            }
             st.last_decrease = Some(Instant::now());
-            (st.attachments.remove(eni_id), device)
+            (st.attachments.remove(eni_id), device, ip)
         };
+        // Netlink outside the lock: ADD and DEL never wait behind it.
+        if let (Some(h), Some(ip)) = (&self.host, ip)
+            && let Err(e) = h.remove_eni(ip).await
+        {
+            tracing::warn!(eni = eni_id, error = %e, "could not remove the ENI rule");
+        }
         if let Some(a) = attachment {
             self.detach_and_delete(eni_id, &a).await?;
         }
@@ -977,6 +1032,29 @@ pub fn leaked(
         .collect()
 }
 
+/// The pod's host veth: as recorded at ADD, else upstream's name for it (an allocation taken over
+/// from aws-node's checkpoint): the prefix and the first 11 hex digits of sha1("<ns>.<name>").
+fn host_veth(prefix: &str, meta: &PodMeta) -> Option<String> {
+    if !meta.host_ifname.is_empty() {
+        return Some(meta.host_ifname.clone());
+    }
+    if meta.name.is_empty() {
+        return None;
+    }
+    let hex = sha1_smol::Sha1::from(format!("{}.{}", meta.namespace, meta.name))
+        .digest()
+        .to_string();
+    Some(format!("{prefix}{}", &hex[..11]))
+}
+
+/// Marks CIDRs or ENIs (by their text) as changed by ipamd just now.
+fn touch(recent: &mut HashMap<String, Instant>, keys: impl IntoIterator<Item = String>) {
+    let now = Instant::now();
+    for k in keys {
+        recent.insert(k, now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1002,6 +1080,23 @@ mod tests {
             tags,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn host_veth_names() {
+        let recorded = PodMeta {
+            host_ifname: "eni0123".into(),
+            ..Default::default()
+        };
+        assert_eq!(host_veth("eni", &recorded).as_deref(), Some("eni0123"));
+        let upstream = PodMeta {
+            namespace: "default".into(),
+            name: "web-0".into(),
+            ..Default::default()
+        };
+        let want = "eni0d7763386da".to_string(); // sha1("default.web-0")
+        assert_eq!(host_veth("eni", &upstream), Some(want));
+        assert_eq!(host_veth("eni", &PodMeta::default()), None);
     }
 
     #[test]

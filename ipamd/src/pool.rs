@@ -147,7 +147,8 @@ pub fn plan(
         return (actions, blocked);
     }
     // Shrink: leftovers of the other mode always; surplus CIDRs per the target.
-    let over_slots = surplus(&s, t).div_ceil(l.per_slot.max(1)) as usize;
+    // Round down: releasing a whole prefix for part of one would undershoot and flap.
+    let over_slots = (surplus(&s, t) / l.per_slot.max(1)) as usize;
     let mut release = ds.freeable_cidrs(now_ms, usize::MAX);
     let leftovers = release
         .iter()

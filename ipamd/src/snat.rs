@@ -115,9 +115,11 @@ pub fn ruleset(
                 vec![iifname(primary_if), local_daddr(), ct_mark_or(mark)],
             ));
         }
+        // Only our bit of the packet mark changes (kube-proxy, Calico and others use the rest).
         cmds.push(rule("mangle", vec![
             iifname(&pods),
-            json!({"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"&": [{"ct": {"key": "mark"}}, mark]}}}),
+            json!({"match": {"op": "==", "left": {"&": [{"ct": {"key": "mark"}}, mark]}, "right": mark}}),
+            json!({"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, mark]}}}),
         ]));
     }
     json!({"nftables": cmds})

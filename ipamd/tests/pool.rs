@@ -787,7 +787,10 @@ async fn pool_reaches_its_target_with_throttling_and_latency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_behind_ipamds_back_are_picked_up_from_ec2() {
-    let env = [("NODEWIRE_EC2_SYNC_INTERVAL_SECONDS", "1")];
+    let env = [
+        ("NODEWIRE_EC2_SYNC_INTERVAL_SECONDS", "1"),
+        ("NODEWIRE_EC2_SYNC_GRACE_SECONDS", "0"),
+    ];
     let (sim, ipamd, _c, node, _dir) = start_with(&env, 61).await;
     wait_for("the warm pool", &ipamd.log, || {
         ec2_view(&sim, &node.instance_id) == (vec![10], 0)
