@@ -432,13 +432,13 @@ impl<C: Cloud> Ipamd<C> {
     pub async fn del(&self, key: &Key) -> Result<Option<Assignment>, checkpoint::Error> {
         self.counters.del("PodDeleted");
         let mut st = self.state.lock().await;
-        let held = st.ds.allocations().into_iter().find(|(k, ..)| k == key);
+        let held = st.ds.held(key);
         let r = st.ds.release(key, now_ms());
         if r.is_some() {
             if let Err(e) = self.persist(&st.ds) {
                 // Unwind: the release is not durable, so it did not happen (the CNI retries).
-                if let Some((k, meta, ip, since)) = held {
-                    st.ds.restore(&k, &meta, ip, since);
+                if let Some((ip, meta, since)) = held {
+                    st.ds.restore(key, &meta, ip, since);
                 }
                 return Err(e);
             }

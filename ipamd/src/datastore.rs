@@ -277,6 +277,23 @@ impl Datastore {
         })
     }
 
+    /// The key's assignment: (address, pod, assigned at).
+    pub fn held(&self, key: &Key) -> Option<(Ipv4Addr, PodMeta, u64)> {
+        self.enis
+            .values()
+            .flat_map(|e| e.cidrs.values())
+            .find_map(|c| {
+                c.slots.iter().find_map(|(ip, s)| match s {
+                    Slot::Assigned {
+                        key: k,
+                        meta,
+                        since_ms,
+                    } if k == key => Some((*ip, meta.clone(), *since_ms)),
+                    _ => None,
+                })
+            })
+    }
+
     /// Assigns the lowest free address (idempotent per key).
     pub fn assign(
         &mut self,
