@@ -1,36 +1,38 @@
-//! vpc-cni: the CNI plugin kubelet's runtime execs for every pod sandbox.
-//!
-//! Owns: the CNI protocol (CNI_* environment, config on stdin, result or error JSON on stdout),
-//! pod veth wiring and host routes/rules. Talks only to ipamd over its unix socket.
-//!
-//! Must not touch: the AWS SDK or any EC2/IMDS call (it must stay small and start fast), and any
-//! state between calls other than what the kernel and ipamd hold.
-//!
-//! So far it answers `VERSION`; ADD/DEL/CHECK/GC/STATUS arrive with the vpc-cni issue and answer
-//! a spec error until then.
+//! `vpc-cni`: a CNI plugin when `CNI_COMMAND` is set (the runtime execs it), otherwise a small
+//! CLI whose `install` subcommand puts the plugin and its conflist on the node.
 
-use std::io::Write;
+use clap::{Parser, Subcommand};
 
-const SUPPORTED: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
+#[derive(Parser)]
+#[command(
+    name = "vpc-cni",
+    version,
+    about = "nodewire's CNI plugin: pods on VPC IPs from ipamd. The container runtime runs it with \
+             CNI_COMMAND set; run `vpc-cni install` from the networking DaemonSet to install it."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--version") {
-        println!("vpc-cni {}", env!("CARGO_PKG_VERSION"));
-        return;
+#[derive(Subcommand)]
+enum Cmd {
+    /// Wait until ipamd can serve an ADD, then install the binary and conflist on the host.
+    Install(nodewire_cni::install::Install),
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        nodewire_cni::cni_main();
     }
-    let cmd = std::env::var("CNI_COMMAND").unwrap_or_default();
-    let mut out = std::io::stdout().lock();
-    if cmd == "VERSION" {
-        let v = serde_json::json!({ "cniVersion": "1.1.0", "supportedVersions": SUPPORTED });
-        let _ = writeln!(out, "{v}");
-        return;
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Install(i) => rt.block_on(nodewire_cni::install::run(i)),
     }
-    // CNI spec error code 4: invalid configuration / unsupported operation for now.
-    let e = serde_json::json!({
-        "cniVersion": "1.1.0",
-        "code": 4,
-        "msg": format!("CNI_COMMAND {cmd:?} is not supported by this build of vpc-cni"),
-    });
-    let _ = writeln!(out, "{e}");
-    std::process::exit(1);
 }

@@ -323,7 +323,7 @@ impl<C: Cloud> Ipamd<C> {
                     .collect();
                 for (k, ip) in gone {
                     st.ds.release(&k, now_ms());
-                    let pruned = h.prune_pod_rules(ip).await?;
+                    let pruned = h.prune_pod(ip).await?;
                     dropped += 1;
                     tracing::info!(%ip, pruned, "pod gone while ipamd was down: address released");
                 }
@@ -448,7 +448,8 @@ impl<C: Cloud> Ipamd<C> {
         Ok(r)
     }
 
-    /// GC: releases every allocation of `network` not in `valid`.
+    /// GC: releases every allocation of `network` not in `valid`, then removes their host rules
+    /// and routes (the CNI's DEL never ran for them).
     pub async fn gc(&self, network: &str, valid: &[Key]) -> Result<Vec<Key>, checkpoint::Error> {
         let mut st = self.state.lock().await;
         let now = now_ms();
@@ -459,18 +460,38 @@ impl<C: Cloud> Ipamd<C> {
             .map(|(k, ..)| k)
             .filter(|k| k.network == network && !valid.contains(k))
             .collect();
+        let mut ips = Vec::new();
         for k in &stale {
-            st.ds.release(k, now);
+            if let Some(a) = st.ds.release(k, now) {
+                ips.push(a.ip);
+            }
         }
         if !stale.is_empty() {
             self.persist(&st.ds)?;
         }
+        drop(st);
+        if let Some(h) = &self.host {
+            for ip in ips {
+                match h.prune_pod(ip).await {
+                    Ok(n) => tracing::info!(%ip, pruned = n, "GC released a stale attachment"),
+                    Err(e) => tracing::warn!(%ip, error = %e, "GC: removing host rules failed"),
+                }
+            }
+        }
+        if !stale.is_empty() {
+            self.wake.notify_one();
+        }
         Ok(stale)
     }
 
-    /// The address a key holds, if any.
-    pub async fn lookup(&self, key: &Key) -> Option<Ipv4Addr> {
-        self.state.lock().await.ds.lookup(key).map(|(ip, _)| ip)
+    /// The address a key holds and its ENI's route table, if any.
+    pub async fn lookup(&self, key: &Key) -> Option<(Ipv4Addr, u32)> {
+        self.state
+            .lock()
+            .await
+            .ds
+            .lookup(key)
+            .map(|(ip, e)| (ip, e.route_table))
     }
 
     /// Whether an ADD can be served now, and why not.

@@ -346,9 +346,10 @@ impl HostNet {
         Ok(names)
     }
 
-    /// Removes a pod's host rules (`to <ip>` at 512, `from <ip>` at 1536) left behind by a pod
-    /// that was deleted while ipamd was down.
-    pub async fn prune_pod_rules(&self, ip: Ipv4Addr) -> Result<usize, Error> {
+    /// Removes a pod's host rules (`to <ip>` at 512, `from <ip>` at 1536) and its `/32` route in
+    /// main, left behind by a pod whose DEL never reached vpc-cni (deleted while ipamd was down,
+    /// or garbage-collected). Returns how many rules and routes went.
+    pub async fn prune_pod(&self, ip: Ipv4Addr) -> Result<usize, Error> {
         let doomed = self
             .rules(|r| {
                 let to = has(
@@ -363,9 +364,21 @@ impl HostNet {
                     || (priority(r) == Some(POD_FROM_RULE_PRIORITY) && from)
             })
             .await?;
-        let n = doomed.len();
+        let mut n = doomed.len();
         self.delete_rules(doomed, "removing a stale pod rule")
             .await?;
+        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .table_id(MAIN_TABLE)
+            .build();
+        // Any scope and protocol, as `ip route del` matches.
+        route.header.protocol = RouteProtocol::Unspec;
+        route.header.scope = RouteScope::NoWhere;
+        match self.h.route().del(route).execute().await {
+            Ok(()) => n += 1,
+            Err(e) if is_missing(&e) => {}
+            Err(e) => return Err(nl("removing a stale pod route")(e)),
+        }
         Ok(n)
     }
 

@@ -91,10 +91,10 @@ impl<C: Cloud> Ipam for Service<C> {
         check_version(r.client_version)?;
         let k = key(r.key)?;
         match self.ipamd.lookup(&k).await {
-            Some(ip) if r.ipv4.is_empty() || ip.to_string() == r.ipv4 => {
-                Ok(Response::new(CheckReply {}))
+            Some((ip, route_table)) if r.ipv4.is_empty() || ip.to_string() == r.ipv4 => {
+                Ok(Response::new(CheckReply { route_table }))
             }
-            Some(ip) => Err(Status::failed_precondition(format!(
+            Some((ip, _)) => Err(Status::failed_precondition(format!(
                 "the attachment holds {ip}, not {}",
                 r.ipv4
             ))),
