@@ -61,6 +61,10 @@ fn ct_mark_or(mark: u32) -> Value {
     json!({"mangle": {"key": {"ct": {"key": "mark"}}, "value": {"|": [{"ct": {"key": "mark"}}, mark]}}})
 }
 
+fn meta_mark_or(mark: u32) -> Value {
+    json!({"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, mark]}}})
+}
+
 /// The whole ruleset (pure): delete-and-recreate of our table in one transaction.
 pub fn ruleset(
     cfg: &Config,
@@ -107,7 +111,14 @@ pub fn ruleset(
             "connmark",
             vec![iifname(&pods), daddr_in(&exempt), json!({"return": null})],
         ));
-        cmds.push(rule("connmark", vec![iifname(&pods), ct_mark_or(mark)]));
+        // The packet mark too: routing of this first packet happens right after this hook, and
+        // the mangle chain (earlier, at -150) ran before the connection had its mark. Without it
+        // a secondary-ENI pod's first packet leaves through its own ENI with the node's address
+        // and EC2's source/destination check drops it (the SYN is only retried a second later).
+        cmds.push(rule(
+            "connmark",
+            vec![iifname(&pods), ct_mark_or(mark), meta_mark_or(mark)],
+        ));
         cmds.push(chain("mangle", "filter", "prerouting", -150));
         if cfg.node_port_support {
             cmds.push(rule(
@@ -119,7 +130,7 @@ pub fn ruleset(
         cmds.push(rule("mangle", vec![
             iifname(&pods),
             json!({"match": {"op": "==", "left": {"&": [{"ct": {"key": "mark"}}, mark]}, "right": mark}}),
-            json!({"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, mark]}}}),
+            meta_mark_or(mark),
         ]));
     }
     json!({"nftables": cmds})
