@@ -13,7 +13,7 @@ VPCSIM := $(CARGO_TARGET_DIR)/debug/vpcsim
 # Benchmarks register themselves here (bench-cni, bench-ipamd, …) as they are added.
 BENCH_TARGETS := bench-ipamd
 
-.PHONY: all build test fmt-check clippy unit venv demo bench bench-ipamd deps leftovers clean-sim
+.PHONY: all build test fmt-check clippy unit venv peers demo bench bench-ipamd deps leftovers clean-sim
 
 all: build
 
@@ -29,13 +29,18 @@ $(VENV)/bin/moto_server:
 
 venv: $(VENV)/bin/moto_server
 
+# Third-party CNI clients for the tests: containerd 1.6 + runc, Debian's reference plugins,
+# cnitool built from Debian's libcni source, a local pause image, the PyPI CRI client (.peers/).
+peers:
+	@bash scripts/peers.sh
+
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: venv
+unit: venv peers
 	$(CARGO) test --workspace --no-fail-fast
 
 test: deps fmt-check clippy
