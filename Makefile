@@ -11,9 +11,9 @@ MOTO_VERSION := 5.2.5
 VPCSIM := $(CARGO_TARGET_DIR)/debug/vpcsim
 
 # Benchmarks register themselves here (bench-cni, bench-ipamd, …) as they are added.
-BENCH_TARGETS := bench-ipamd
+BENCH_TARGETS := bench-ipamd bench-cni
 
-.PHONY: all build test fmt-check clippy unit venv peers demo bench bench-ipamd deps leftovers clean-sim
+.PHONY: all build test fmt-check clippy unit venv peers demo bench bench-ipamd bench-cni deps leftovers clean-sim
 
 all: build
 
@@ -63,6 +63,12 @@ endif
 bench-ipamd: deps
 	$(CARGO) build --profile perf -p nodewire-ipamd --bin ipamd --example bench
 	$(CARGO_TARGET_DIR)/perf/examples/bench
+
+# vpc-cni (+ ipamd on a vpcsim m5.4xlarge) vs Debian ptp+host-local: ADD/DEL p50/p99 and ratio,
+# 200 pods sequential and 8-way; the stripped vpc-cni size.
+bench-cni: deps peers
+	$(CARGO) build --profile perf -p nodewire-ipamd -p nodewire-cni --bin ipamd --bin vpc-cni --example bench_cni
+	$(CARGO_TARGET_DIR)/perf/examples/bench_cni
 
 # Remove a simulation left behind by a crashed `vpcsim up` (default state directory).
 clean-sim:
