@@ -65,8 +65,9 @@ bench-ipamd: deps
 	$(CARGO_TARGET_DIR)/perf/examples/bench
 
 # vpc-cni (+ ipamd on a vpcsim m5.4xlarge) vs Debian ptp+host-local: ADD/DEL p50/p99 and ratio,
-# 200 pods sequential and 8-way; the stripped vpc-cni size.
+# 200 pods sequential and 8-way; the stripped vpc-cni size (release build, as shipped).
 bench-cni: deps peers
+	$(CARGO) build --release -p nodewire-cni --bin vpc-cni
 	$(CARGO) build --profile perf -p nodewire-ipamd -p nodewire-cni --bin ipamd --bin vpc-cni --example bench_cni
 	$(CARGO_TARGET_DIR)/perf/examples/bench_cni
 

@@ -64,12 +64,14 @@ fn random_mac() -> Result<[u8; 6], CniError> {
 }
 
 async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
+    let t0 = std::time::Instant::now();
     let host_veth = spec::host_veth_name(&conf.veth_prefix, env);
     let host_mac = random_mac()?;
     // The netns first: a missing sandbox must not cost an address.
     let (ns, pod) = net::pod(&env.netns)?;
     let host = net::host()?;
     let mut ipamd = Ipamd::connect(&conf.ipamd_socket, CONNECT_TIMEOUT).await?;
+    let t_connect = t0.elapsed();
     let k = key(env, conf);
     let reply = ipamd
         .add(AddRequest {
@@ -80,6 +82,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
             client_version: 0,
         })
         .await?;
+    let t_ipamd = t0.elapsed();
     let release = |why: CniError| async {
         let _ = net::delete_link(&host, &host_veth).await;
         if let Ok(ip) = reply.ipv4.parse::<Ipv4Addr>() {
@@ -123,6 +126,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     .await;
     match wired {
         Ok(v) => {
+            tracing::debug!(?t_connect, ?t_ipamd, total = ?t0.elapsed(), "ADD timings (cumulative)");
             tracing::info!(%ip, table, veth = %host_veth, container = %env.container_id, "ADD");
             let w = Wired {
                 host_veth: host_veth.clone(),

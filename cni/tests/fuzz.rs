@@ -32,8 +32,14 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
         "[ -~]{0,12}".prop_map(Value::String),
-        prop_oneof![Just("1.0.0"), Just("0.4.0"), Just("1.1.0"), Just("9001"), Just("eni")]
-            .prop_map(|s| json!(s)),
+        prop_oneof![
+            Just("1.0.0"),
+            Just("0.4.0"),
+            Just("1.1.0"),
+            Just("9001"),
+            Just("eni")
+        ]
+        .prop_map(|s| json!(s)),
     ];
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
@@ -64,9 +70,13 @@ fn config() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..64),
         json_value().prop_map(|v| v.to_string().into_bytes()),
-        (json_value(), prop_oneof![Just("0.4.0"), Just("1.0.0"), Just("1.1.0"), Just("0.3.1")])
+        (
+            json_value(),
+            prop_oneof![Just("0.4.0"), Just("1.0.0"), Just("1.1.0"), Just("0.3.1")]
+        )
             .prop_map(|(v, ver)| {
-                let mut o = json!({"cniVersion": ver, "name": "n", "ipamdSocket": "/nonexistent/s"});
+                let mut o =
+                    json!({"cniVersion": ver, "name": "n", "ipamdSocket": "/nonexistent/s"});
                 if let Value::Object(m) = v {
                     for (k, x) in m {
                         if k != "ipamdSocket" {
@@ -90,9 +100,18 @@ fn env() -> impl Strategy<Value = Vec<(String, String)>> {
     ];
     let val = prop_oneof![
         prop_oneof![
-            Just("ADD"), Just("DEL"), Just("CHECK"), Just("GC"), Just("STATUS"), Just("VERSION"),
-            Just("eth0"), Just("/nonexistent/netns"), Just(""),
-            Just("K8S_POD_NAME=a;K8S_POD_NAMESPACE=b"), Just("IgnoreUnknown=1;;x"), Just("=v"),
+            Just("ADD"),
+            Just("DEL"),
+            Just("CHECK"),
+            Just("GC"),
+            Just("STATUS"),
+            Just("VERSION"),
+            Just("eth0"),
+            Just("/nonexistent/netns"),
+            Just(""),
+            Just("K8S_POD_NAME=a;K8S_POD_NAMESPACE=b"),
+            Just("IgnoreUnknown=1;;x"),
+            Just("=v"),
         ]
         .prop_map(str::to_string),
         "[ -~]{0,24}",

@@ -4,7 +4,7 @@
 //! netns and building the DEL config with prevResult are not. Both plugins run in a network
 //! namespace of their own (ptp's in a throwaway "host" namespace, since it turns on the host's
 //! ip_forward). Prints median and p99 per case and the ratio ours/ptp, and the stripped size of
-//! the vpc-cni binary.
+//! the vpc-cni binary. vpc-cni is the release build (what ships); ipamd and this driver are `perf`.
 //!
 //! DEL cost note: vpc-cni's DEL removes rules, route and the address but leaves the veth to the
 //! runtime's netns deletion, which the kernel finishes asynchronously (as upstream does); ptp
@@ -195,7 +195,16 @@ async fn main() {
         ptp_bin.exists() && Path::new("/usr/lib/cni/host-local").exists(),
         "Debian's containernetworking-plugins is missing: run `bash scripts/peers.sh`"
     );
-    let ours_bin = profile_dir().join("vpc-cni");
+    // The plugin as shipped: the release build (LTO), as the image carries it.
+    let ours_bin = profile_dir()
+        .parent()
+        .expect("target dir")
+        .join("release/vpc-cni");
+    assert!(
+        ours_bin.exists(),
+        "{} missing: cargo build --release -p nodewire-cni",
+        ours_bin.display()
+    );
     let tag = format!("cn{:04x}", std::process::id() & 0xffff);
     // ipamd's checkpoint on tmpfs, as /var/run is on a node.
     let run_dir = PathBuf::from(format!("/run/nodewire-bench-{}", std::process::id()));
@@ -234,6 +243,8 @@ async fn main() {
     );
     wait_free(&ipamd, 210).await;
 
+    // BENCH_CNI_LOG=<file>: vpc-cni logs at debug level there (phase timings), for diagnosis.
+    let log = std::env::var("BENCH_CNI_LOG").ok();
     let ptp_host = format!("{tag}-ptphost");
     netns::create(&ptp_host).expect("ptp host netns");
     let ours = Plugin {
@@ -243,6 +254,7 @@ async fn main() {
         conf: json!({
             "cniVersion": "1.0.0", "name": "nodewire", "type": "vpc-cni", "mtu": 1500,
             "ipamdSocket": ipamd.socket,
+            "logFile": log.clone().unwrap_or_default(), "logLevel": if log.is_some() { "debug" } else { "info" },
         }),
         args: |i| format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{i}"),
     };

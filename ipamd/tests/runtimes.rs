@@ -37,7 +37,11 @@ fn peers() -> PathBuf {
 
 fn vpc_cni() -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_ipamd")).with_file_name("vpc-cni");
-    assert!(p.exists(), "{} missing: cargo build -p nodewire-cni", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: cargo build -p nodewire-cni",
+        p.display()
+    );
     p
 }
 
@@ -144,10 +148,9 @@ fn host_state(ns: &str) -> (String, String) {
 
 /// Allocations in ipamd's checkpoint.
 fn held(ipamd_dir: &Path) -> usize {
-    let v: Value = serde_json::from_slice(
-        &std::fs::read(ipamd_dir.join("ipam.json")).expect("checkpoint"),
-    )
-    .expect("checkpoint json");
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(ipamd_dir.join("ipam.json")).expect("checkpoint"))
+            .expect("checkpoint json");
     v["allocations"].as_array().map(Vec::len).unwrap_or(0)
 }
 
@@ -190,7 +193,10 @@ async fn cnitool_add_check_del_with_portmap_forwarding_a_host_port() {
             .arg(netns::path(ns))
             .env("NETCONFPATH", &conf)
             .env("CNI_PATH", &bin)
-            .env("CNI_ARGS", format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={ns}"))
+            .env(
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={ns}"),
+            )
             .env(
                 "CAP_ARGS",
                 r#"{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}"#,
@@ -207,8 +213,14 @@ async fn cnitool_add_check_del_with_portmap_forwarding_a_host_port() {
             .expect("address")
     };
     // ADD, CHECK (healthy, then after drift), DEL.
-    let plain_ip = address(&check(&cnitool("add", "nodewire-plain", &plain), "cnitool add"));
-    assert!(sim.info.vpc_cidr.contains(&plain_ip), "{plain_ip} in the VPC");
+    let plain_ip = address(&check(
+        &cnitool("add", "nodewire-plain", &plain),
+        "cnitool add",
+    ));
+    assert!(
+        sim.info.vpc_cidr.contains(&plain_ip),
+        "{plain_ip} in the VPC"
+    );
     check(&cnitool("check", "nodewire-plain", &plain), "cnitool check");
     let status = Command::new("ip")
         .args(["-n", &node.netns, "rule", "del", "priority", "512", "to"])
@@ -218,7 +230,10 @@ async fn cnitool_add_check_del_with_portmap_forwarding_a_host_port() {
     assert!(status.success());
     let drifted = cnitool("check", "nodewire-plain", &plain);
     assert!(!drifted.status.success(), "CHECK notices the missing rule");
-    assert!(String::from_utf8_lossy(&drifted.stderr).contains("512"), "{drifted:?}");
+    assert!(
+        String::from_utf8_lossy(&drifted.stderr).contains("512"),
+        "{drifted:?}"
+    );
     check(&cnitool("del", "nodewire-plain", &plain), "cnitool del");
 
     // With portmap chained: the pod serves :80, reached from the VPC at the node's :8080.
@@ -246,7 +261,11 @@ async fn cnitool_add_check_del_with_portmap_forwarding_a_host_port() {
 
     check(&cnitool("del", "nodewire", &pod), "cnitool del");
     check(&cnitool("del", "nodewire", &pod), "cnitool del again");
-    assert_eq!(host_state(&node.netns), before, "rules and routes as before");
+    assert_eq!(
+        host_state(&node.netns),
+        before,
+        "rules and routes as before"
+    );
     assert_eq!(held(&dir.path().join("ipamd")), 0, "address released");
     let nat = Command::new("ip")
         .args(["netns", "exec", &node.netns, "iptables", "-t", "nat", "-S"])
@@ -311,8 +330,20 @@ async fn containerd_cri_sandboxes_get_vpc_addresses_and_give_them_back() {
 
     let mut pods = Vec::new();
     for n in 0..3 {
-        let v = cri(sock, &["run", "--name", &format!("web-{n}"), "--namespace", "default"]);
-        let ip: Ipv4Addr = v["ip"].as_str().and_then(|s| s.parse().ok()).expect("pod ip");
+        let v = cri(
+            sock,
+            &[
+                "run",
+                "--name",
+                &format!("web-{n}"),
+                "--namespace",
+                "default",
+            ],
+        );
+        let ip: Ipv4Addr = v["ip"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("pod ip");
         assert!(sim.info.vpc_cidr.contains(&ip), "{ip} in the VPC");
         pods.push((v["id"].as_str().expect("id").to_string(), ip));
     }
@@ -333,7 +364,11 @@ async fn containerd_cri_sandboxes_get_vpc_addresses_and_give_them_back() {
         cri(sock, &["remove", id]);
     }
     assert_eq!(held(&dir.path().join("ipamd")), 0, "every address released");
-    assert_eq!(host_state(&node.netns), before, "rules and routes as before");
+    assert_eq!(
+        host_state(&node.netns),
+        before,
+        "rules and routes as before"
+    );
     // Each sandbox had its DEL with the netns (Stop) and the second one without (Remove).
     let text = std::fs::read_to_string(&log).expect("plugin log");
     for (id, _) in &pods {

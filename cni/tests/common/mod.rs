@@ -214,7 +214,8 @@ impl Ipam for Fake {
         Ok(Response::new(GcReply { released: vec![] }))
     }
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        let s = self.0.lock().expect("script");
+        let mut s = self.0.lock().expect("script");
+        s.calls.push("status".into());
         Ok(Response::new(StatusReply {
             ready: s.not_ready.is_none(),
             reason: s
