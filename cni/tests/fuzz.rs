@@ -125,6 +125,8 @@ proptest! {
     #[test]
     fn never_panics_and_fails_with_spec_errors(e in env(), stdin in config()) {
         PRIVATE_NETNS.with(|_| ());
+        // Configs without ipamdSocket use the default path: it must not reach a real ipamd.
+        prop_assert!(!std::path::Path::new(spec::DEFAULT_SOCKET).exists(), "a real ipamd is listening at the default socket");
         let m: std::collections::BTreeMap<String, String> = e.into_iter().collect();
         // ADD and CHECK with a netns that exists would touch the kernel: keep them off it.
         let netns_ok = m.get("CNI_NETNS").is_none_or(|n| n.is_empty() || !std::path::Path::new(n).exists());
