@@ -14,7 +14,6 @@
 mod harness;
 
 use e2e::node::{Options, Vpcsim, netns};
-use e2e::sim::Timing;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -160,34 +159,6 @@ fn run_case(ours: &Plugin, ptp: &Plugin, tag: &str, par: usize, rows: &mut Vec<R
     }
 }
 
-async fn wait_free(ipamd: &harness::Ipamd, want: usize) {
-    let mut c = ipamd.client().await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let st = c
-            .status(nodewire_proto::ipam::StatusRequest {
-                client_version: nodewire_proto::IPAM_PROTOCOL_VERSION,
-            })
-            .await
-            .expect("status")
-            .into_inner();
-        let free: usize = st
-            .reason
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if free >= want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pool never reached {want}: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let ptp_bin = PathBuf::from("/usr/lib/cni/ptp");
@@ -215,14 +186,7 @@ async fn main() {
         nodes: 1,
         instance_type: "m5.4xlarge".into(),
         state_dir: dir.path().join("vpc"),
-        timing: Timing {
-            attach_ms: 50,
-            detach_ms: 50,
-            create_ms: 30,
-            modify_ms: 50,
-            snapshot_ms: 50,
-            imds_lag_ms: 100,
-        },
+        timing: harness::quick_timing(),
         seed: 5,
         imds_v1: false,
         zone: None,
@@ -241,7 +205,7 @@ async fn main() {
             ("RUST_LOG", "warn"),
         ],
     );
-    wait_free(&ipamd, 210).await;
+    ipamd.wait_free(210).await;
 
     // BENCH_CNI_LOG=<file>: vpc-cni logs at debug level there (phase timings), for diagnosis.
     let log = std::env::var("BENCH_CNI_LOG").ok();
@@ -274,7 +238,7 @@ async fn main() {
     let mut rows = Vec::new();
     for par in [1, 8] {
         run_case(&ours, &ptp, &tag, par, &mut rows);
-        wait_free(&ipamd, 200).await;
+        ipamd.wait_free(200).await;
     }
     println!("vpc-cni vs Debian ptp+host-local, {PODS} pods per case (ms; plugin exec only)");
     println!(

@@ -7,29 +7,17 @@
 //! both).
 
 use e2e::node::{NodeInfo, Options, Vpcsim, fabric, netns};
-use e2e::sim::Timing;
-use nodewire_proto::IPAM_PROTOCOL_VERSION;
-use nodewire_proto::ipam::StatusRequest;
+use harness::host_state;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod harness;
 
 const PODS: usize = 30;
-
-fn vpc_cni() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_ipamd")).with_file_name("vpc-cni");
-    assert!(
-        p.exists(),
-        "{} missing: build it with `cargo build -p nodewire-cni` (cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
 
 /// Pod namespaces (`cn<4 hex>-…`), deleted on drop.
 struct PodNs(Vec<String>);
@@ -69,7 +57,9 @@ fn cni(node: &NodeInfo, cmd: &str, pod: Option<(&str, &str, &str)>, conf: &Value
     let (container, netns, name) = pod.unwrap_or(("", "", ""));
     let mut child = Command::new("ip")
         .args(["netns", "exec", &node.netns])
-        .arg(vpc_cni())
+        .arg(harness::vpc_cni_next_to(Path::new(env!(
+            "CARGO_BIN_EXE_ipamd"
+        ))))
         .env_clear()
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", container)
@@ -102,19 +92,6 @@ fn cni(node: &NodeInfo, cmd: &str, pod: Option<(&str, &str, &str)>, conf: &Value
         eprintln!("{cmd}: {v} {}", String::from_utf8_lossy(&out.stderr));
     }
     (out.status.success(), v)
-}
-
-/// `ip -4 rule` and `ip -4 route show table all` of a namespace.
-fn host_state(ns: &str) -> (String, String) {
-    let run = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(["-4", "-n", ns])
-            .args(args)
-            .output()
-            .expect("ip");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    (run(&["rule"]), run(&["route", "show", "table", "all"]))
 }
 
 fn ping(from_ns: &str, to: Ipv4Addr) -> bool {
@@ -159,35 +136,6 @@ fn tcp_ask(ns: &str, to: SocketAddr) -> Result<String, String> {
     .map_err(|e| e.to_string())?
 }
 
-async fn wait_free(ipamd: &harness::Ipamd, at_least: usize) {
-    let mut c = ipamd.client().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = c
-            .status(StatusRequest {
-                client_version: IPAM_PROTOCOL_VERSION,
-            })
-            .await
-            .expect("status")
-            .into_inner();
-        let free: usize = st
-            .reason
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if st.ready && free >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pool never reached {at_least} free ({st:?}); log:\n{}",
-            std::fs::read_to_string(&ipamd.log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_thirty_pods_each_reach_across_the_vpc_and_leave_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -195,14 +143,7 @@ async fn two_nodes_thirty_pods_each_reach_across_the_vpc_and_leave_nothing() {
         nodes: 2,
         instance_type: "m5.xlarge".into(),
         state_dir: dir.path().join("vpc"),
-        timing: Timing {
-            attach_ms: 50,
-            detach_ms: 50,
-            create_ms: 30,
-            modify_ms: 50,
-            snapshot_ms: 50,
-            imds_lag_ms: 100,
-        },
+        timing: harness::quick_timing(),
         seed: 21,
         imds_v1: false,
         zone: None,
@@ -231,9 +172,9 @@ async fn two_nodes_thirty_pods_each_reach_across_the_vpc_and_leave_nothing() {
         })
         .collect();
     for ipamd in &ipamds {
-        wait_free(ipamd, 32).await;
+        ipamd.wait_free(32).await;
     }
-    let before: Vec<_> = nodes.iter().map(|n| host_state(&n.netns)).collect();
+    let before: Vec<_> = nodes.iter().map(|n| host_state(&n.netns, "all")).collect();
     let drops_before = fabric::src_dst_drops(&sim.info.fabric_netns);
 
     // 30 pods per node through the real plugin.
@@ -279,7 +220,7 @@ async fn two_nodes_thirty_pods_each_reach_across_the_vpc_and_leave_nothing() {
     );
     // Some pods on each node live on a secondary ENI (their from-rule at 1536).
     for (i, node) in nodes.iter().enumerate() {
-        let rules = host_state(&node.netns).0;
+        let rules = host_state(&node.netns, "all").0;
         let secondary = pods
             .iter()
             .filter(|p| p.node == i && rules.contains(&format!("1536:\tfrom {} lookup", p.ip)))
@@ -366,7 +307,7 @@ async fn two_nodes_thirty_pods_each_reach_across_the_vpc_and_leave_nothing() {
     gc["cni.dev/valid-attachments"] = json!(valid);
     let (ok, e) = cni(&nodes[0], "GC", None, &gc);
     assert!(ok, "GC: {e}");
-    let (rules, routes) = host_state(&nodes[0].netns);
+    let (rules, routes) = host_state(&nodes[0].netns, "all");
     assert!(
         !rules.contains(&format!("{} ", gone.ip)),
         "GC left a rule:\n{rules}"
@@ -389,7 +330,7 @@ async fn two_nodes_thirty_pods_each_reach_across_the_vpc_and_leave_nothing() {
     }
     for (i, n) in nodes.iter().enumerate() {
         assert_eq!(
-            host_state(&n.netns),
+            host_state(&n.netns, "all"),
             before[i],
             "node {i} host state after DEL"
         );

@@ -14,25 +14,13 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 mod harness;
-use harness::{add, key};
+use harness::{add, key, quick_timing as quick};
 
 /// The ipamd under test (this package's binary).
 struct Ipamd;
 impl Ipamd {
     fn start(node: &NodeInfo, dir: &Path, env: &[(&str, &str)]) -> harness::Ipamd {
         harness::Ipamd::start_bin(Path::new(env!("CARGO_BIN_EXE_ipamd")), node, dir, env)
-    }
-}
-
-/// Fast transitions (callers still poll, as on EC2).
-fn quick() -> Timing {
-    Timing {
-        attach_ms: 50,
-        detach_ms: 50,
-        create_ms: 30,
-        modify_ms: 50,
-        snapshot_ms: 50,
-        imds_lag_ms: 100,
     }
 }
 

@@ -8,13 +8,12 @@
 //! Needs `scripts/peers.sh` to have run (`make test` does); they fail, never skip, without it.
 
 use e2e::node::{NodeInfo, Options, Vpcsim, netns};
-use e2e::sim::Timing;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod harness;
 
@@ -35,23 +34,17 @@ fn peers() -> PathBuf {
     p
 }
 
-fn vpc_cni() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_ipamd")).with_file_name("vpc-cni");
-    assert!(
-        p.exists(),
-        "{} missing: cargo build -p nodewire-cni",
-        p.display()
-    );
-    p
-}
-
 /// A CNI bin dir (vpc-cni plus Debian's loopback and portmap) and a conf dir with our conflist.
 fn cni_dirs(dir: &Path, socket: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let bin = dir.join("bin");
     let conf = dir.join("net.d");
     std::fs::create_dir_all(&bin).expect("bin");
     std::fs::create_dir_all(&conf).expect("conf");
-    std::os::unix::fs::symlink(vpc_cni(), bin.join("vpc-cni")).expect("link");
+    std::os::unix::fs::symlink(
+        harness::vpc_cni_next_to(Path::new(env!("CARGO_BIN_EXE_ipamd"))),
+        bin.join("vpc-cni"),
+    )
+    .expect("link");
     for p in ["loopback", "portmap"] {
         std::os::unix::fs::symlink(Path::new("/usr/lib/cni").join(p), bin.join(p)).expect("link");
     }
@@ -85,14 +78,7 @@ async fn node_with_ipamd(dir: &Path, seed: u64) -> (Vpcsim, NodeInfo, harness::I
         nodes: 1,
         instance_type: "m5.large".into(),
         state_dir: dir.join("vpc"),
-        timing: Timing {
-            attach_ms: 50,
-            detach_ms: 50,
-            create_ms: 30,
-            modify_ms: 50,
-            snapshot_ms: 50,
-            imds_lag_ms: 100,
-        },
+        timing: harness::quick_timing(),
         seed,
         imds_v1: false,
         zone: None,
@@ -114,36 +100,8 @@ async fn node_with_ipamd(dir: &Path, seed: u64) -> (Vpcsim, NodeInfo, harness::I
             ("MINIMUM_IP_TARGET", "9"),
         ],
     );
-    // Ready: an ADD can be served.
-    let mut c = ipamd.client().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = c
-            .status(nodewire_proto::ipam::StatusRequest {
-                client_version: nodewire_proto::IPAM_PROTOCOL_VERSION,
-            })
-            .await
-            .expect("status")
-            .into_inner();
-        if st.ready && st.reason.starts_with("9 ") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "ipamd never ready: {st:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ipamd.wait_free(9).await;
     (sim, node, ipamd)
-}
-
-fn host_state(ns: &str) -> (String, String) {
-    let run = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(["-4", "-n", ns])
-            .args(args)
-            .output()
-            .expect("ip");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    (run(&["rule"]), run(&["route", "show", "table", "main"]))
 }
 
 /// Allocations in ipamd's checkpoint.
@@ -171,7 +129,7 @@ async fn cnitool_add_check_del_with_portmap_forwarding_a_host_port() {
     let (sim, node, ipamd) = node_with_ipamd(dir.path(), 31).await;
     let (bin, conf, log) = cni_dirs(dir.path(), &ipamd.socket);
     plain_conflist(&conf, &ipamd.socket, &log);
-    let before = host_state(&node.netns);
+    let before = harness::host_state(&node.netns, "main");
     let tag = format!("cn{:04x}", std::process::id() & 0xffff);
     struct Gone(Vec<String>);
     impl Drop for Gone {
@@ -262,7 +220,7 @@ async fn cnitool_add_check_del_with_portmap_forwarding_a_host_port() {
     check(&cnitool("del", "nodewire", &pod), "cnitool del");
     check(&cnitool("del", "nodewire", &pod), "cnitool del again");
     assert_eq!(
-        host_state(&node.netns),
+        harness::host_state(&node.netns, "main"),
         before,
         "rules and routes as before"
     );
@@ -314,7 +272,7 @@ async fn containerd_cri_sandboxes_get_vpc_addresses_and_give_them_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (sim, node, ipamd) = node_with_ipamd(dir.path(), 41).await;
     let (bin, conf, log) = cni_dirs(dir.path(), &ipamd.socket);
-    let before = host_state(&node.netns);
+    let before = harness::host_state(&node.netns, "main");
     let ctrd = dir.path().join("c");
     let guard = Containerd(ctrd.clone());
     let out = Command::new("ip")
@@ -365,7 +323,7 @@ async fn containerd_cri_sandboxes_get_vpc_addresses_and_give_them_back() {
     }
     assert_eq!(held(&dir.path().join("ipamd")), 0, "every address released");
     assert_eq!(
-        host_state(&node.netns),
+        harness::host_state(&node.netns, "main"),
         before,
         "rules and routes as before"
     );

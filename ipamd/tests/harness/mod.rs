@@ -112,3 +112,72 @@ pub fn add(n: usize) -> AddRequest {
         client_version: IPAM_PROTOCOL_VERSION,
     }
 }
+
+impl Ipamd {
+    /// Waits (polling STATUS, bounded) until ipamd is ready with at least `at_least` free addresses.
+    pub async fn wait_free(&self, at_least: usize) {
+        let mut c = self.client().await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let st = c
+                .status(StatusRequest {
+                    client_version: IPAM_PROTOCOL_VERSION,
+                })
+                .await
+                .expect("status")
+                .into_inner();
+            // The reason reads "<n> addresses free" when there are any.
+            let free: usize = st
+                .reason
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if st.ready && free >= at_least {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pool never reached {at_least} free ({st:?}); log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Fast but non-zero vpcsim transitions: callers still poll, as on EC2.
+pub fn quick_timing() -> e2e::sim::Timing {
+    e2e::sim::Timing {
+        attach_ms: 50,
+        detach_ms: 50,
+        create_ms: 30,
+        modify_ms: 50,
+        snapshot_ms: 50,
+        imds_lag_ms: 100,
+    }
+}
+
+/// `vpc-cni` next to the `ipamd` binary (`cargo test --workspace` builds both).
+pub fn vpc_cni_next_to(ipamd_bin: &Path) -> PathBuf {
+    let p = ipamd_bin.with_file_name("vpc-cni");
+    assert!(
+        p.exists(),
+        "{} missing: build it with `cargo build -p nodewire-cni` (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+/// A namespace's `ip -4 rule` and `ip -4 route show table <table>`, as text.
+pub fn host_state(ns: &str, table: &str) -> (String, String) {
+    let run = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["-4", "-n", ns])
+            .args(args)
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    (run(&["rule"]), run(&["route", "show", "table", table]))
+}
