@@ -38,9 +38,10 @@ alive_pid() {
 }
 # shims serving this instance: their command line holds "-address <our socket>"
 our_shims() {
-  local p
+  local p args
   for p in $(pgrep -x containerd-shim || true); do
-    tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | grep -qxF "$SOCK" && echo "$p"
+    args=$'\n'$(tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null)$'\n'
+    [[ $args == *$'\n'"$SOCK"$'\n'* ]] && echo "$p"
   done
   return 0
 }

@@ -30,7 +30,7 @@ ec2() { # node-netns query...   (EC2 Query API, from inside the node)
   local ns=$1; shift
   ip netns exec "$ns" curl -sf --data "Version=2016-11-15&$1" "$(jq -r .ec2_endpoint "$out")/"
 }
-xml() { grep -o "<$1>[^<]*" | head -1 | cut -d'>' -f2; }
+xml() { grep -o "<$1>[^<]*" | sed -n '1s/^[^>]*>//p'; }
 
 for i in 0 1; do
   ns=$(jq -r ".nodes[$i].netns" "$out"); name=$(jq -r ".nodes[$i].name" "$out")

@@ -18,7 +18,7 @@ pkgs=(containerd runc containernetworking-plugins busybox-static iputils-ping go
       python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
 done
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
@@ -65,7 +65,9 @@ if [[ ! -s $DIR/pause.tar ]]; then
   python3 "$REPO/scripts/mkimage.py" --rootfs "$work/rootfs" --name localhost/test-pause:latest \
     --out "$DIR/pause.tar.tmp" -- /bin/sleep 2147483647 >/dev/null
   PAUSE_TAR="$DIR/pause.tar.tmp" PEERS="$DIR" bash "$REPO/scripts/containerd.sh" start "$work/ctrd" >/dev/null
-  ctr -a "$work/ctrd/containerd.sock" -n k8s.io images ls -q | grep -qx localhost/test-pause:latest
+  # Capture first: `ctr ... | grep -q` dies of SIGPIPE (exit 141 under pipefail) when grep stops reading early.
+  images=$(ctr -a "$work/ctrd/containerd.sock" -n k8s.io images ls -q)
+  grep -qx localhost/test-pause:latest <<<"$images" || { log "pause image missing after import: $images"; exit 1; }
   bash "$REPO/scripts/containerd.sh" stop "$work/ctrd" >/dev/null
   mv "$DIR/pause.tar.tmp" "$DIR/pause.tar"
   rm -rf "$work"
