@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
+/// STATUS is polled by runtimes and the installer; it must answer fast or count as not ready.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+
 pub struct Ipamd {
     c: IpamClient<Channel>,
     path: PathBuf,
@@ -126,17 +129,12 @@ impl Ipamd {
         };
         match self.c.check(r).await {
             Ok(r) => Ok(r.into_inner().route_table),
-            Err(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::NotFound | tonic::Code::FailedPrecondition
-                ) =>
-            {
-                Err(CniError::new(
-                    Code::Drift,
-                    format!("ipamd: {}", s.message()),
-                ))
-            }
+            // NotFound: the key holds nothing, or another address (FailedPrecondition is
+            // ipamd refusing this client's protocol version, not drift).
+            Err(s) if s.code() == tonic::Code::NotFound => Err(CniError::new(
+                Code::Drift,
+                format!("ipamd: {}", s.message()),
+            )),
             Err(s) => Err(self.err("the check", s)),
         }
     }
@@ -161,9 +159,17 @@ impl Ipamd {
         let r = StatusRequest {
             client_version: IPAM_PROTOCOL_VERSION,
         };
-        match self.c.status(r).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(s) => Err(self.err("the status query", s)),
+        // An ipamd that cannot answer this quickly is not ready to serve pods.
+        match tokio::time::timeout(STATUS_TIMEOUT, self.c.status(r)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(self.err("the status query", s)),
+            Err(_) => Err(CniError::new(
+                Code::NotAvailable,
+                format!(
+                    "ipamd at {} did not answer STATUS within {STATUS_TIMEOUT:?}",
+                    self.path.display()
+                ),
+            )),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! costs ~19 ms of rtnl/RCU time; the whole ADD here is well under a millisecond of netlink).
 
 use futures::TryStreamExt;
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use netlink_packet_route::route::{RouteAttribute, RouteProtocol, RouteScope};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
@@ -119,11 +120,34 @@ pub async fn link(h: &Handle, name: &str) -> Result<Option<(u32, Vec<u8>)>, NetE
     }
 }
 
+/// The alias of the link called `name` ("" when it has none); `None` when there is no such link.
+pub async fn link_alias(h: &Handle, name: &str) -> Result<Option<(u32, String)>, NetError> {
+    let mut s = h.link().get().match_name(name.to_string()).execute();
+    match s.try_next().await {
+        Ok(Some(l)) => Ok(Some((l.header.index, alias_of(&l.attributes)))),
+        Ok(None) => Ok(None),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(nl(format!("looking up link {name}"))(e)),
+    }
+}
+
+fn alias_of(attrs: &[LinkAttribute]) -> String {
+    attrs
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfAlias(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 /// What ADD sets up.
 #[derive(Debug, Clone)]
 pub struct Plan<'a> {
     pub host_veth: &'a str,
     pub host_mac: [u8; 6],
+    /// The host veth's alias: the attachment it serves (`nodewire_proto::veth_alias`).
+    pub alias: &'a str,
     pub pod_ifname: &'a str,
     pub ip: Ipv4Addr,
     pub mtu: u32,
@@ -260,8 +284,13 @@ pub async fn setup_host(host: &Handle, v: &Veth, p: &Plan<'_>) -> Result<(), Net
             _ => {}
         }
     }
+    // Up and tagged with the attachment in one request (the kernel ignores IFLA_IFALIAS at
+    // creation).
+    let mut up = LinkUnspec::new_with_index(v.host_index).up().build();
+    up.attributes
+        .push(LinkAttribute::IfAlias(p.alias.to_string()));
     host.link()
-        .set(LinkUnspec::new_with_index(v.host_index).up().build())
+        .set(up)
         .execute()
         .await
         .map_err(nl("bringing the host veth up"))?;
@@ -350,21 +379,46 @@ pub async fn pod_rules(h: &Handle, ip: Ipv4Addr) -> Result<Vec<(RuleMessage, u32
     Ok(out)
 }
 
-/// DEL on the host: the pod's rules (every copy) and its /32 route in main. The veth itself is
-/// left to the runtime's netns deletion (see docs/vpc-cni.md). Returns what went.
-pub async fn teardown_host(h: &Handle, ip: Ipv4Addr) -> Result<usize, NetError> {
-    let mut n = 0;
-    for (r, ..) in pod_rules(h, ip).await? {
-        match h.rule().del(r).execute().await {
-            Ok(()) => n += 1,
-            Err(e) if is_missing(&e) => {}
-            Err(e) => return Err(nl(format!("removing a rule for {ip}"))(e)),
+/// Deletes every copy of one pod rule by match, no dump: the kernel finds it from priority and
+/// address alone (any table, any action), and a dump raced by other pods' changes could miss one.
+async fn del_rule(h: &Handle, ip: Ipv4Addr, from: bool, prio: u32) -> Result<usize, NetError> {
+    // More copies than this means something re-adds them as fast as we delete.
+    const MAX_COPIES: usize = 64;
+    for n in 0..MAX_COPIES {
+        let mut m = RuleMessage::default();
+        m.header.family = AddressFamily::Inet;
+        if from {
+            m.header.src_len = 32;
+            m.attributes.push(RuleAttribute::Source(IpAddr::V4(ip)));
+        } else {
+            m.header.dst_len = 32;
+            m.attributes
+                .push(RuleAttribute::Destination(IpAddr::V4(ip)));
+        }
+        m.attributes.push(RuleAttribute::Priority(prio));
+        match h.rule().del(m).execute().await {
+            Ok(()) => {}
+            Err(e) if is_missing(&e) => return Ok(n),
+            Err(e) => return Err(nl(format!("removing rule priority {prio} for {ip}"))(e)),
         }
     }
+    Err(NetError::Missing(format!(
+        "rule priority {prio} for {ip} keeps coming back ({MAX_COPIES} copies removed)"
+    )))
+}
+
+/// The pod's host side: its rules (`to <ip>` at 512, `from <ip>` at 1536, every copy) and its
+/// `/32` route in main. The veth itself is left to the runtime's netns deletion (see
+/// docs/vpc-cni.md). Used by ADD's unwind, by DEL when ipamd cannot be asked, and by ipamd
+/// itself when it releases an address. Returns how many rules and routes went.
+pub async fn teardown_host(h: &Handle, ip: Ipv4Addr) -> Result<usize, NetError> {
+    let mut n = del_rule(h, ip, false, TO_POD_PRIORITY).await?;
+    n += del_rule(h, ip, true, FROM_POD_PRIORITY).await?;
     let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(ip, 32)
         .table_id(MAIN_TABLE)
         .build();
+    // Any scope and protocol, as `ip route del` matches.
     route.header.protocol = RouteProtocol::Unspec;
     route.header.scope = RouteScope::NoWhere;
     match h.route().del(route).execute().await {
@@ -373,6 +427,24 @@ pub async fn teardown_host(h: &Handle, ip: Ipv4Addr) -> Result<usize, NetError> 
         Err(e) => return Err(nl(format!("removing the host route to {ip}"))(e)),
     }
     Ok(n)
+}
+
+/// Whose is `ip` on this host: the alias of the link its `/32` route in main points at
+/// (`Some("")` for a link without one), `None` when there is no such route.
+pub async fn route_owner(h: &Handle, ip: Ipv4Addr) -> Result<Option<String>, NetError> {
+    let oif = routes(h, MAIN_TABLE)
+        .await?
+        .into_iter()
+        .find(|(d, len, gw, ..)| *d == ip && *len == 32 && gw.is_none())
+        .and_then(|(.., oif, _)| oif);
+    let Some(oif) = oif else { return Ok(None) };
+    let mut s = h.link().get().match_index(oif).execute();
+    match s.try_next().await {
+        Ok(Some(l)) => Ok(Some(alias_of(&l.attributes))),
+        Ok(None) => Ok(None),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(nl(format!("looking up link {oif}"))(e)),
+    }
 }
 
 /// Deletes a link by name (ADD's unwind); a missing link is fine.
@@ -427,11 +499,15 @@ pub async fn routes(
 }
 
 /// The pod address on the host veth's /32 route (for a DEL that has neither ipamd nor
-/// prevResult to tell it).
-pub async fn ip_via(h: &Handle, veth: &str) -> Result<Option<Ipv4Addr>, NetError> {
-    let Some((idx, _)) = link(h, veth).await? else {
+/// prevResult to tell it), only when the veth carries `alias`: a veth of the same name tagged
+/// otherwise serves a newer sandbox of the same pod.
+pub async fn ip_via(h: &Handle, veth: &str, alias: &str) -> Result<Option<Ipv4Addr>, NetError> {
+    let Some((idx, a)) = link_alias(h, veth).await? else {
         return Ok(None);
     };
+    if a != alias {
+        return Ok(None);
+    }
     Ok(routes(h, MAIN_TABLE)
         .await?
         .into_iter()

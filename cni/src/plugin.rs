@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// How long to wait for ipamd's socket to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// DEL must not hold up pod deletion: past this, ipamd counts as down and DEL tears down locally.
+const DEL_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl From<NetError> for CniError {
     fn from(e: NetError) -> CniError {
@@ -66,6 +68,7 @@ fn random_mac() -> Result<[u8; 6], CniError> {
 async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let t0 = std::time::Instant::now();
     let host_veth = spec::host_veth_name(&conf.veth_prefix, env);
+    let alias = nodewire_proto::veth_alias(&env.container_id, &env.ifname);
     let host_mac = random_mac()?;
     // The netns first: a missing sandbox must not cost an address.
     let (ns, pod) = net::pod(&env.netns)?;
@@ -88,8 +91,11 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         if let Ok(ip) = reply.ipv4.parse::<Ipv4Addr>() {
             let _ = net::teardown_host(&host, ip).await;
         }
-        if let Err(s) = ipamd_del(conf, &k, env).await {
-            tracing::warn!(error = %s, "giving the address back to ipamd failed");
+        match ipamd_del(conf, &k, env).await {
+            Err(DelFailed::Unreachable(m) | DelFailed::Refused(m)) => {
+                tracing::warn!(error = %m, "giving the address back to ipamd failed")
+            }
+            Ok(_) => {}
         }
         why
     };
@@ -112,6 +118,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let plan = Plan {
         host_veth: &host_veth,
         host_mac,
+        alias: &alias,
         pod_ifname: &env.ifname,
         ip,
         mtu: conf.mtu,
@@ -146,56 +153,98 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     }
 }
 
+/// Why ipamd's DEL did not go through.
+enum DelFailed {
+    /// Not reached, or no answer in time: DEL falls back to local teardown.
+    Unreachable(String),
+    /// ipamd answered that the release did not happen (it could not record it); it keeps the
+    /// address, so the runtime must retry.
+    Refused(String),
+}
+
 async fn ipamd_del(
     conf: &NetConf,
     k: &AttachmentKey,
     env: &Env,
-) -> Result<Option<Ipv4Addr>, String> {
-    let mut c = Ipamd::connect(&conf.ipamd_socket, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
-    let r = c
-        .del(DelRequest {
-            key: Some(k.clone()),
-            pod: Some(pod_ref(env)),
-            client_version: 0,
-        })
-        .await
-        .map_err(|s| format!("ipamd DEL: {:?}: {}", s.code(), s.message()))?;
-    Ok(r.ipv4.parse().ok())
+) -> Result<Option<Ipv4Addr>, DelFailed> {
+    let call = async {
+        let mut c = Ipamd::connect(&conf.ipamd_socket, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| DelFailed::Unreachable(e.to_string()))?;
+        let r = c
+            .del(DelRequest {
+                key: Some(k.clone()),
+                pod: Some(pod_ref(env)),
+                client_version: 0,
+            })
+            .await
+            .map_err(|s| {
+                let m = format!("ipamd DEL: {:?}: {}", s.code(), s.message());
+                // Internal: ipamd's checkpoint write failed and it kept the address. Anything
+                // else (version skew, a broken connection) must not block pod deletion.
+                if s.code() == tonic::Code::Internal && !crate::ipam::is_transport(&s) {
+                    DelFailed::Refused(m)
+                } else {
+                    DelFailed::Unreachable(m)
+                }
+            })?;
+        Ok(r.ipv4.parse().ok())
+    };
+    match tokio::time::timeout(DEL_TIMEOUT, call).await {
+        Ok(r) => r,
+        Err(_) => Err(DelFailed::Unreachable(format!(
+            "no answer from {} within {DEL_TIMEOUT:?}",
+            conf.ipamd_socket.display()
+        ))),
+    }
 }
 
 /// DEL never fails because of state: a vanished netns, a missing prevResult, an address ipamd
-/// does not know, or ipamd being down all end in success. Host rules and the /32 route go
-/// before the address is released, so a new pod given the same address is never touched.
+/// does not know, or ipamd being down all end in success.
+///
+/// ipamd owns the host side of a release: it removes the pod's rules and /32 route under its
+/// lock, before the address can go to anyone else, so DEL touches nothing itself when ipamd
+/// answers. Only when ipamd cannot be asked does DEL tear down locally, from prevResult or the
+/// host veth's route, and only what still belongs to this attachment (the host veth's alias
+/// names it): a pod recreated under the same name has a host veth of the same name, and an old
+/// sandbox's late DEL must not unwire the new one.
 async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
-    let host_veth = spec::host_veth_name(&conf.veth_prefix, env);
-    let host = net::host()?;
     let k = key(env, conf);
+    let why = match ipamd_del(conf, &k, env).await {
+        Ok(released) => {
+            tracing::info!(ip = ?released, container = %env.container_id, "DEL");
+            return Ok(());
+        }
+        Err(DelFailed::Refused(m)) => {
+            return Err(CniError::new(
+                Code::TryAgain,
+                format!("ipamd could not release the address: {m}"),
+            )
+            .details("ipamd keeps the address until a DEL succeeds; the runtime retries"));
+        }
+        Err(DelFailed::Unreachable(m)) => m,
+    };
+    let host = net::host()?;
+    let host_veth = spec::host_veth_name(&conf.veth_prefix, env);
+    let alias = nodewire_proto::veth_alias(&env.container_id, &env.ifname);
     let mut ip = conf.prev.as_ref().and_then(|p| p.ip);
     if ip.is_none() {
-        ip = net::ip_via(&host, &host_veth).await.ok().flatten();
+        ip = net::ip_via(&host, &host_veth, &alias).await.ok().flatten();
     }
-    if let Some(ip) = ip {
-        match net::teardown_host(&host, ip).await {
-            Ok(n) => tracing::debug!(%ip, removed = n, "DEL: host rules and route removed"),
-            Err(e) => tracing::warn!(%ip, error = %e, "DEL: host teardown failed"),
+    let Some(ip) = ip else {
+        tracing::warn!(error = %why, "DEL: ipamd not reached and no address known; nothing to tear down");
+        return Ok(());
+    };
+    match net::route_owner(&host, ip).await {
+        Ok(Some(owner)) if !owner.is_empty() && owner != alias => {
+            tracing::warn!(%ip, %owner, error = %why, "DEL: ipamd not reached; {ip} now serves another attachment, left alone");
         }
-    }
-    match ipamd_del(conf, &k, env).await {
-        Ok(released) => {
-            // Without prevResult or veth, only ipamd knew the address (it is cooling down now).
-            if let (None, Some(r)) = (ip, released)
-                && let Err(e) = net::teardown_host(&host, r).await
-            {
-                tracing::warn!(ip = %r, error = %e, "DEL: host teardown failed");
+        _ => match net::teardown_host(&host, ip).await {
+            Ok(n) => {
+                tracing::warn!(%ip, removed = n, error = %why, "DEL: ipamd not reached; host side torn down locally (ipamd frees the address when it restarts)")
             }
-            tracing::info!(ip = ?ip.or(released), container = %env.container_id, "DEL");
-        }
-        Err(e) => {
-            // ipamd reconciles on restart (the host veth is gone, so the address is freed).
-            tracing::warn!(error = %e, ip = ?ip, "DEL: ipamd not reached; host side torn down locally");
-        }
+            Err(e) => tracing::warn!(%ip, error = %e, "DEL: host teardown failed"),
+        },
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ fn world(tag: &str, ip: &str, table: u32) -> World {
     let host = Ns::new(&format!("{tag}-h"));
     let pod = Ns::new(&format!("{tag}-p"));
     let ipamd = FakeIpamd::start(dir.path(), ip, table);
+    ipamd.set(|s| s.host_ns = Some(host.0.clone()));
     World {
         _dir: dir,
         host,
@@ -73,6 +74,7 @@ fn assert_wired(w: &World, ip: &str, result: &Value, table: Option<u32>) {
             .contains(&json!("UP"))
     );
     assert_eq!(veth["mtu"], 1500);
+    assert_eq!(veth["ifalias"], "c1/eth0", "tagged with its attachment");
     assert_eq!(
         w.host.routes("main"),
         vec![format!("{ip} dev {VETH} scope link")]
@@ -200,7 +202,7 @@ fn add_then_del_on_a_secondary_eni() {
         "1.1.0 results carry the MTU"
     );
     assert_wired(&w, "10.0.2.33", &r, Some(3));
-    // DEL without prevResult: ipamd names the address.
+    // DEL without prevResult: ipamd removes the host side as it releases the address.
     let (ok, _) = run(&w.call("DEL", w.conf("1.1.0")));
     assert!(ok);
     assert_eq!(w.host_pod_state(), (vec![], vec![]));
@@ -240,8 +242,62 @@ fn del_with_ipamd_down_tears_down_from_prev_result() {
     let (ok, r) = run(&w.call("ADD", w.conf("1.0.0")));
     assert!(ok, "{r}");
     conf.as_object_mut().expect("obj").remove("prevResult");
+    let wired = w.host_pod_state();
+    // An older sandbox of the same pod (same host veth name) deleted late must not unwire this
+    // one: neither through the veth's route nor through its prevResult naming the same address.
+    let mut old = w.call("DEL", conf.clone());
+    old.container = "c0";
+    assert!(run(&old).0);
+    assert_eq!(
+        w.host_pod_state(),
+        wired,
+        "the newer sandbox's wiring stays"
+    );
+    let mut old_prev = conf.clone();
+    old_prev["prevResult"] = r.clone();
+    old.conf = old_prev;
+    assert!(run(&old).0);
+    assert_eq!(
+        w.host_pod_state(),
+        wired,
+        "the newer sandbox's wiring stays"
+    );
     assert!(run(&w.call("DEL", conf)).0);
     assert_eq!(w.host_pod_state(), (vec![], vec![]));
+}
+
+#[test]
+fn del_waits_for_ipamd_to_record_the_release() {
+    let w = world("delerr", "10.0.2.41", 2);
+    let (ok, r) = run(&w.call("ADD", w.conf("1.0.0")));
+    assert!(ok, "{r}");
+    let wired = w.host_pod_state();
+    // ipamd answers but could not persist the release: it keeps the address, the runtime retries.
+    w.ipamd.set(|s| {
+        s.del_error = Some((
+            tonic::Code::Internal,
+            "checkpoint write failed: disk full".into(),
+        ))
+    });
+    let (ok, e) = run(&w.call("DEL", w.with_prev("1.0.0", &r)));
+    assert!(!ok);
+    assert_eq!(e["code"], 11, "{e}");
+    assert!(e["msg"].as_str().unwrap_or("").contains("disk full"), "{e}");
+    assert_eq!(
+        w.host_pod_state(),
+        wired,
+        "nothing torn down before ipamd agrees"
+    );
+    // ipamd refusing this client's protocol version must not block pod deletion.
+    w.ipamd.set(|s| {
+        s.del_error = Some((
+            tonic::Code::FailedPrecondition,
+            "protocol version 1 unsupported".into(),
+        ))
+    });
+    let (ok, e) = run(&w.call("DEL", w.with_prev("1.0.0", &r)));
+    assert!(ok, "{e}");
+    assert_eq!(w.host_pod_state(), (vec![], vec![]), "torn down locally");
 }
 
 #[test]

@@ -308,24 +308,27 @@ impl<C: Cloud> Ipamd<C> {
             for c in &cp.cooldowns {
                 st.ds.restore_cooldown(c.ipv4, c.released_ns / 1_000_000);
             }
-            // Pods deleted while ipamd was down: their host veth is gone. Their addresses go
-            // into cooldown (endpoints may still point at them) and their rules are pruned.
+            // Pods deleted while ipamd was down: their host veth is gone, or its name now serves
+            // a newer sandbox of the same pod (the alias vpc-cni tags it with names another
+            // attachment). Their rules are pruned and their addresses go into cooldown
+            // (endpoints may still point at them).
             if let Some(h) = &self.host {
-                let links = h.link_names().await?;
+                let links = h.link_aliases().await?;
                 let gone: Vec<(Key, Ipv4Addr)> = st
                     .ds
                     .allocations()
                     .into_iter()
-                    .filter(|(_, meta, ..)| {
-                        host_veth(&self.cfg.veth_prefix, meta).is_some_and(|v| !links.contains(&v))
+                    .filter(|(k, meta, ..)| {
+                        host_veth(&self.cfg.veth_prefix, meta)
+                            .is_some_and(|v| !veth_serves(links.get(&v), k))
                     })
                     .map(|(k, _, ip, _)| (k, ip))
                     .collect();
                 for (k, ip) in gone {
-                    st.ds.release(&k, now_ms());
                     let pruned = h.prune_pod(ip).await?;
+                    st.ds.release(&k, now_ms());
                     dropped += 1;
-                    tracing::info!(%ip, pruned, "pod gone while ipamd was down: address released");
+                    tracing::info!(%ip, pruned, container = %k.container, "pod gone while ipamd was down: address released");
                 }
             }
             tracing::info!(
@@ -428,11 +431,27 @@ impl<C: Cloud> Ipamd<C> {
         }
     }
 
-    /// DEL: releases the key's address into cooldown. Unknown keys are fine.
+    /// Removes a held address's host rules and route (vpc-cni's wiring) while the state lock
+    /// is held, so no other pod can have been given the address yet. A failure is logged, not
+    /// fatal: the pod is going away either way.
+    async fn prune_held(&self, ip: Ipv4Addr, why: &str) {
+        if let Some(h) = &self.host {
+            match h.prune_pod(ip).await {
+                Ok(n) => tracing::debug!(%ip, removed = n, why, "host rules and route removed"),
+                Err(e) => tracing::warn!(%ip, error = %e, why, "removing host rules failed"),
+            }
+        }
+    }
+
+    /// DEL: removes the pod's host rules and route, then releases its address into cooldown.
+    /// Unknown keys are fine.
     pub async fn del(&self, key: &Key) -> Result<Option<Assignment>, checkpoint::Error> {
         self.counters.del("PodDeleted");
         let mut st = self.state.lock().await;
         let held = st.ds.held(key);
+        if let Some((ip, ..)) = &held {
+            self.prune_held(*ip, "DEL").await;
+        }
         let r = st.ds.release(key, now_ms());
         if r.is_some() {
             if let Err(e) = self.persist(&st.ds) {
@@ -448,40 +467,35 @@ impl<C: Cloud> Ipamd<C> {
         Ok(r)
     }
 
-    /// GC: releases every allocation of `network` not in `valid`, then removes their host rules
-    /// and routes (the CNI's DEL never ran for them).
+    /// GC: removes the host rules and routes of every allocation of `network` not in `valid`
+    /// (the CNI's DEL never ran for them) and releases them, all under the state lock; if the
+    /// release cannot be recorded, none of it happened.
     pub async fn gc(&self, network: &str, valid: &[Key]) -> Result<Vec<Key>, checkpoint::Error> {
         let mut st = self.state.lock().await;
         let now = now_ms();
-        let stale: Vec<Key> = st
+        let stale: Vec<(Key, PodMeta, Ipv4Addr, u64)> = st
             .ds
             .allocations()
             .into_iter()
-            .map(|(k, ..)| k)
-            .filter(|k| k.network == network && !valid.contains(k))
+            .filter(|(k, ..)| k.network == network && !valid.contains(k))
             .collect();
-        let mut ips = Vec::new();
-        for k in &stale {
-            if let Some(a) = st.ds.release(k, now) {
-                ips.push(a.ip);
-            }
+        if stale.is_empty() {
+            return Ok(Vec::new());
         }
-        if !stale.is_empty() {
-            self.persist(&st.ds)?;
+        for (k, meta, ip, since) in &stale {
+            self.prune_held(*ip, "GC").await;
+            st.ds.release(k, now);
+            tracing::info!(%ip, container = %k.container, since, pod = %meta.name, "GC released a stale attachment");
+        }
+        if let Err(e) = self.persist(&st.ds) {
+            for (k, meta, ip, since) in &stale {
+                st.ds.restore(k, meta, *ip, *since);
+            }
+            return Err(e);
         }
         drop(st);
-        if let Some(h) = &self.host {
-            for ip in ips {
-                match h.prune_pod(ip).await {
-                    Ok(n) => tracing::info!(%ip, pruned = n, "GC released a stale attachment"),
-                    Err(e) => tracing::warn!(%ip, error = %e, "GC: removing host rules failed"),
-                }
-            }
-        }
-        if !stale.is_empty() {
-            self.wake.notify_one();
-        }
-        Ok(stale)
+        self.wake.notify_one();
+        Ok(stale.into_iter().map(|(k, ..)| k).collect())
     }
 
     /// The address a key holds and its ENI's route table, if any.
@@ -494,16 +508,24 @@ impl<C: Cloud> Ipamd<C> {
             .map(|(ip, e)| (ip, e.route_table))
     }
 
-    /// Whether an ADD can be served now, and why not.
+    /// Whether an ADD can be served now (a free address exists), and why not.
     pub async fn status(&self) -> (bool, String) {
         let st = self.state.lock().await;
         let s = st.ds.stats(now_ms());
         if s.available > 0 {
             return (true, format!("{} addresses free", s.available));
         }
+        // Not ready while the pool is still filling (a node's first seconds): an ADD now would
+        // wait or fail, and the installer must not mark the node network-ready yet (upstream #330).
         match self.cannot_grow(&st) {
             Some(why) => (false, why),
-            None => (true, "pool empty but growing".into()),
+            None => (
+                false,
+                format!(
+                    "no free address yet: the pool is growing ({} assigned, {} in cooldown)",
+                    s.assigned, s.cooling
+                ),
+            ),
         }
     }
 
@@ -1068,6 +1090,15 @@ fn host_veth(prefix: &str, meta: &PodMeta) -> Option<String> {
     Some(format!("{prefix}{}", &hex[..11]))
 }
 
+/// Whether a host veth (its alias, `None` when the link is gone) still serves attachment `k`.
+/// A veth without alias (made by upstream's plugin, or before aliases) is taken at its name.
+fn veth_serves(alias: Option<&String>, k: &Key) -> bool {
+    match alias {
+        None => false,
+        Some(a) => a.is_empty() || *a == nodewire_proto::veth_alias(&k.container, &k.ifname),
+    }
+}
+
 /// Marks CIDRs or ENIs (by their text) as changed by ipamd just now.
 fn touch(recent: &mut HashMap<String, Instant>, keys: impl IntoIterator<Item = String>) {
     let now = Instant::now();
@@ -1118,6 +1149,25 @@ mod tests {
         let want = "eni0d7763386da".to_string(); // sha1("default.web-0")
         assert_eq!(host_veth("eni", &upstream), Some(want));
         assert_eq!(host_veth("eni", &PodMeta::default()), None);
+    }
+
+    #[test]
+    fn a_host_veth_serves_the_attachment_its_alias_names() {
+        let k = Key {
+            network: "aws-cni".into(),
+            container: "c1".into(),
+            ifname: "eth0".into(),
+        };
+        let a = |s: &str| Some(s.to_string());
+        for (alias, serves) in [
+            (None, false),         // the veth is gone
+            (a(""), true),         // no alias (upstream's plugin): taken at its name
+            (a("c1/eth0"), true),  // ours
+            (a("c2/eth0"), false), // a newer sandbox of the same pod
+            (a("c1/eth1"), false), // another interface of the sandbox
+        ] {
+            assert_eq!(veth_serves(alias.as_ref(), &k), serves, "{alias:?}");
+        }
     }
 
     #[test]

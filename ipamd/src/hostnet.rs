@@ -17,9 +17,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 pub const ENI_RULE_PRIORITY: u32 = 32765;
-/// vpc-cni's per-pod rules: `to <pod> lookup main` and `from <pod> lookup <ENI table>`.
-pub const POD_TO_RULE_PRIORITY: u32 = 512;
-pub const POD_FROM_RULE_PRIORITY: u32 = 1536;
 const MAIN_TABLE: u32 = 254;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +31,8 @@ pub enum Error {
     NoLink(String),
     #[error("netlink socket: {0}")]
     Socket(#[from] std::io::Error),
+    #[error("pod host teardown: {0}")]
+    Pod(#[from] nodewire_cni::net::NetError),
 }
 
 fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
@@ -332,54 +331,32 @@ impl HostNet {
         Ok(())
     }
 
-    /// Names of the links in this namespace.
-    pub async fn link_names(&self) -> Result<std::collections::BTreeSet<String>, Error> {
-        let mut names = std::collections::BTreeSet::new();
+    /// The links in this namespace: name → alias ("" when none).
+    pub async fn link_aliases(&self) -> Result<std::collections::BTreeMap<String, String>, Error> {
+        let mut out = std::collections::BTreeMap::new();
         let mut links = self.h.link().get().execute();
         while let Some(l) = links.try_next().await.map_err(nl("listing links"))? {
+            let mut name = None;
+            let mut alias = String::new();
             for a in &l.attributes {
-                if let LinkAttribute::IfName(n) = a {
-                    names.insert(n.clone());
+                match a {
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::IfAlias(s) => alias = s.clone(),
+                    _ => {}
                 }
             }
+            if let Some(n) = name {
+                out.insert(n, alias);
+            }
         }
-        Ok(names)
+        Ok(out)
     }
 
     /// Removes a pod's host rules (`to <ip>` at 512, `from <ip>` at 1536) and its `/32` route in
-    /// main, left behind by a pod whose DEL never reached vpc-cni (deleted while ipamd was down,
-    /// or garbage-collected). Returns how many rules and routes went.
+    /// main, as vpc-cni defines them: on every release (DEL, GC, a pod gone while ipamd was
+    /// down), before the address can go to another pod. Returns how many rules and routes went.
     pub async fn prune_pod(&self, ip: Ipv4Addr) -> Result<usize, Error> {
-        let doomed = self
-            .rules(|r| {
-                let to = has(
-                    r,
-                    |a| matches!(a, RuleAttribute::Destination(IpAddr::V4(d)) if *d == ip),
-                );
-                let from = has(
-                    r,
-                    |a| matches!(a, RuleAttribute::Source(IpAddr::V4(s)) if *s == ip),
-                );
-                (priority(r) == Some(POD_TO_RULE_PRIORITY) && to)
-                    || (priority(r) == Some(POD_FROM_RULE_PRIORITY) && from)
-            })
-            .await?;
-        let mut n = doomed.len();
-        self.delete_rules(doomed, "removing a stale pod rule")
-            .await?;
-        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(ip, 32)
-            .table_id(MAIN_TABLE)
-            .build();
-        // Any scope and protocol, as `ip route del` matches.
-        route.header.protocol = RouteProtocol::Unspec;
-        route.header.scope = RouteScope::NoWhere;
-        match self.h.route().del(route).execute().await {
-            Ok(()) => n += 1,
-            Err(e) if is_missing(&e) => {}
-            Err(e) => return Err(nl("removing a stale pod route")(e)),
-        }
-        Ok(n)
+        Ok(nodewire_cni::net::teardown_host(&self.h, ip).await?)
     }
 
     /// Removes an ENI's rule (its table goes with the link).

@@ -94,7 +94,8 @@ impl<C: Cloud> Ipam for Service<C> {
             Some((ip, route_table)) if r.ipv4.is_empty() || ip.to_string() == r.ipv4 => {
                 Ok(Response::new(CheckReply { route_table }))
             }
-            Some((ip, _)) => Err(Status::failed_precondition(format!(
+            // NotFound as for an unknown key: this (key, address) pair is not held.
+            Some((ip, _)) => Err(Status::not_found(format!(
                 "the attachment holds {ip}, not {}",
                 r.ipv4
             ))),

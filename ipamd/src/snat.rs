@@ -7,7 +7,7 @@
 //!   `AWS_VPC_K8S_CNI_RANDOMIZESNAT`). Absent with `AWS_VPC_K8S_CNI_EXTERNALSNAT=true`.
 //! * chain `connmark` (nat, prerouting, priority -90 — after kube-proxy's DNAT at -100): new
 //!   connections from pod veths (`<vethPrefix>*`) to non-VPC destinations get ct mark 0x80
-//!   (`AWS_VPC_K8S_CNI_CONNMARK`).
+//!   (`AWS_VPC_K8S_CNI_CONNMARK`). Absent with external SNAT too (the pod's own ENI carries it).
 //! * chain `mangle` (filter, prerouting, mangle): the mark is copied to the packet mark for pod
 //!   traffic, and (NodePort support) connections arriving on the primary interface for a local
 //!   address are marked, so replies return through it.
@@ -101,7 +101,9 @@ pub fn ruleset(
         }
         cmds.push(rule("snat", vec![json!({"snat": nat})]));
     }
-    if !cfg.external_snat || cfg.node_port_support {
+    // Pod egress marking exists for our SNAT only: with an external NAT the pod's own ENI must
+    // carry its non-VPC traffic unchanged (upstream gates these rules on !externalSNAT too).
+    if !cfg.external_snat {
         cmds.push(chain("connmark", "nat", "prerouting", -90));
         cmds.push(rule(
             "connmark",
@@ -119,6 +121,10 @@ pub fn ruleset(
             "connmark",
             vec![iifname(&pods), ct_mark_or(mark), meta_mark_or(mark)],
         ));
+    }
+    // Replies to NodePort connections (marked on the primary interface) and later packets of
+    // marked pod connections get the packet mark back, so they route by main.
+    if !cfg.external_snat || cfg.node_port_support {
         cmds.push(chain("mangle", "filter", "prerouting", -150));
         if cfg.node_port_support {
             cmds.push(rule(
@@ -199,7 +205,17 @@ mod tests {
             "eth0",
             &vpc,
         ));
-        assert!(!t.contains(r#""snat":{"#) && t.contains("connmark"), "{t}");
+        assert!(!t.contains(r#""snat":{"#), "{t}");
+        // NodePort replies still return by main, but pod egress is not marked: the external NAT
+        // needs it to leave through the pod's own ENI.
+        assert!(
+            !t.contains(r#""name":"connmark""#) && t.contains(r#""name":"mangle""#),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#""right":"eth0""#),
+            "NodePort mark on the primary: {t}"
+        );
         let t = text(&ruleset(
             &cfg(&[
                 ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true"),
@@ -209,7 +225,10 @@ mod tests {
             "eth0",
             &vpc,
         ));
-        assert!(!t.contains("connmark"), "nothing to mark: {t}");
+        assert!(
+            !t.contains(r#""name":"connmark""#) && !t.contains(r#""name":"mangle""#),
+            "nothing to mark: {t}"
+        );
         let t = text(&ruleset(
             &cfg(&[("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "hashrandom")]),
             ip,

@@ -68,6 +68,19 @@ async fn m5_large_defaults_fill_to_27_pods_then_fail_fast_and_shrink_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = vpc(dir.path(), 11, quick()).await;
     let node = sim.info.nodes[0].clone();
+    // The pool cannot fill at first: STATUS must say not ready (upstream #330) until it has.
+    let admin = e2e::client::Admin::new(&sim.info.admin_url);
+    admin
+        .set_fault(
+            "AssignPrivateIpAddresses",
+            e2e::api::Fault {
+                error_rate: 1.0,
+                error_code: "InternalError".into(),
+                latency_ms: 0,
+            },
+        )
+        .await
+        .expect("faults");
     let ipamd = Ipamd::start(
         &node,
         dir.path(),
@@ -79,6 +92,18 @@ async fn m5_large_defaults_fill_to_27_pods_then_fail_fast_and_shrink_back() {
         ],
     );
     let mut c = ipamd.client().await;
+    let st = c
+        .status(StatusRequest {
+            client_version: IPAM_PROTOCOL_VERSION,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(
+        !st.ready && st.reason.contains("growing"),
+        "an empty pool is not ready: {st:?}"
+    );
+    admin.clear_faults().await.expect("clear faults");
 
     // WARM_ENI_TARGET=1 on a fresh node: the primary ENI filled with 9 secondary IPs, no other ENI.
     wait_for("the warm pool", &ipamd.log, || {

@@ -306,6 +306,27 @@ async fn containerd_cri_sandboxes_get_vpc_addresses_and_give_them_back() {
         pods.push((v["id"].as_str().expect("id").to_string(), ip));
     }
     assert_eq!(held(&dir.path().join("ipamd")), 3);
+    // A pod recreated under its old name (a StatefulSet's web-0): the new sandbox's host veth
+    // has the old one's name. Removing the old sandbox afterwards (containerd's second DEL,
+    // without prevResult) must not unwire the new one.
+    let (old_id, _) = pods.remove(0);
+    cri(sock, &["stop", &old_id]);
+    let v = cri(sock, &["run", "--name", "web-0", "--namespace", "default"]);
+    let ip: Ipv4Addr = v["ip"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("pod ip");
+    pods.insert(0, (v["id"].as_str().expect("id").to_string(), ip));
+    cri(sock, &["remove", &old_id]);
+    assert_eq!(held(&dir.path().join("ipamd")), 3);
+    let rules = Command::new("ip")
+        .args(["-n", &node.netns, "rule", "show", "priority", "512"])
+        .output()
+        .expect("ip rule");
+    assert!(
+        String::from_utf8_lossy(&rules.stdout).contains(&format!("to {ip} lookup main")),
+        "the new web-0 keeps its rule"
+    );
     // The node reaches each pod through its veth.
     for (_, ip) in &pods {
         let ok = Command::new("ip")
@@ -329,7 +350,7 @@ async fn containerd_cri_sandboxes_get_vpc_addresses_and_give_them_back() {
     );
     // Each sandbox had its DEL with the netns (Stop) and the second one without (Remove).
     let text = std::fs::read_to_string(&log).expect("plugin log");
-    for (id, _) in &pods {
+    for id in pods.iter().map(|(id, _)| id).chain([&old_id]) {
         let dels = text
             .lines()
             .filter(|l| l.contains(" DEL") && l.contains(id.as_str()))

@@ -3,11 +3,18 @@
 //! Owns: `ipam.proto`, the ipamd <-> vpc-cni contract. The CSI specification's `csi.proto`
 //! joins it with the EBS CSI driver.
 //!
-//! Must not touch: any behaviour. Only generated types and service stubs live here, so every
-//! binary links the same wire format.
+//! Must not touch: any behaviour. Only generated types, service stubs and the few shared names
+//! of the contract live here, so every binary links the same wire format.
 
 /// Version of the ipamd <-> vpc-cni protocol this build speaks.
 pub const IPAM_PROTOCOL_VERSION: u32 = 1;
+
+/// The alias (`IFLA_IFALIAS`, `ip link` shows it) vpc-cni gives a pod's host veth: the
+/// attachment it belongs to. A pod recreated under the same name gets a host veth of the same
+/// name, so the name alone cannot say which sandbox a veth serves; the alias can.
+pub fn veth_alias(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}/{ifname}")
+}
 
 /// ipamd <-> vpc-cni.
 pub mod ipam {

@@ -136,6 +136,26 @@ pub struct Script {
     pub calls: Vec<String>,
     pub gc_valid: Vec<(String, String, String)>,
     pub held: Option<(AttachmentKey, String)>,
+    /// DEL answers this error instead of releasing.
+    pub del_error: Option<(tonic::Code, String)>,
+    /// Like the real ipamd, a release removes the pod's host rules and /32 route (done here by
+    /// iproute2 in this namespace, independent of the plugin's code).
+    pub host_ns: Option<String>,
+}
+
+/// ipamd's half of a release, as iproute2 commands: every copy of the pod's rules, its route.
+fn prune(ns: &str, ip: &str) {
+    let ip_ok = |args: &[&str]| {
+        Command::new("ip")
+            .args(["-n", ns])
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    while ip_ok(&["rule", "del", "priority", "512", "to", ip]) {}
+    while ip_ok(&["rule", "del", "priority", "1536", "from", ip]) {}
+    ip_ok(&["route", "del", &format!("{ip}/32"), "table", "main"]);
 }
 
 #[derive(Clone)]
@@ -170,11 +190,19 @@ impl Ipam for Fake {
         let mut s = self.0.lock().expect("script");
         let k = r.key.unwrap_or_default();
         s.calls.push(format!("del {} {}", k.container_id, k.ifname));
+        if let Some((c, m)) = &s.del_error {
+            return Err(Status::new(*c, m.clone()));
+        }
         match s.held.take() {
-            Some((h, ip)) if h == k => Ok(Response::new(DelReply {
-                ipv4: ip,
-                route_table: s.table,
-            })),
+            Some((h, ip)) if h == k => {
+                if let Some(ns) = &s.host_ns {
+                    prune(ns, &ip);
+                }
+                Ok(Response::new(DelReply {
+                    ipv4: ip,
+                    route_table: s.table,
+                }))
+            }
             other => {
                 s.held = other;
                 Ok(Response::new(DelReply::default()))
