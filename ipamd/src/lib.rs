@@ -8,7 +8,9 @@
 //! `cloud` (EC2/IMDS), `hostnet` (netlink), `snat::apply` (nftables), `server` (gRPC),
 //! `observe` (metrics, introspection) and `daemon`, which wires them together.
 //!
-//! Must not touch: pod network namespaces (vpc-cni's) or volumes (ebs-csi's).
+//! Must not touch: pod network namespaces (vpc-cni's) or volumes (ebs-csi's). A pod's host rules
+//! and `/32` route are vpc-cni's wiring; ipamd removes them on release through vpc-cni's own
+//! `net::teardown_host`, so both agree on what they are.
 
 pub mod checkpoint;
 pub mod cloud;
