@@ -4,12 +4,22 @@
 //! The veth is made with ONE request from the host netns: the host end is created here, the peer
 //! directly in the pod netns (`IFLA_NET_NS_FD`), so nothing is moved between namespaces (a move
 //! costs ~19 ms of rtnl/RCU time; the whole ADD here is well under a millisecond of netlink).
+//! ADD sends its requests in batches ([`Batch`]): one datagram per step, which the kernel runs in
+//! order and answers message by message, so the wiring costs four round trips, not sixteen.
 
-use futures::TryStreamExt;
-use netlink_packet_route::AddressFamily;
+use futures::{StreamExt, TryStreamExt};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{RouteAttribute, RouteProtocol, RouteScope};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
+};
 use rtnetlink::{Handle, IpVersion, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
@@ -76,27 +86,214 @@ pub fn host() -> Result<Handle, NetError> {
     Ok(h)
 }
 
-/// The pod netns file and a netlink connection inside it. The socket's netns is fixed when it
-/// is created, so this thread enters the pod netns for the `socket()` call and returns at once.
-pub fn pod(netns: &str) -> Result<(File, Handle), NetError> {
-    let ns = match File::open(netns) {
-        Ok(f) => f,
+/// Opens the pod netns file (`NoNetns` when it is gone).
+fn open_netns(netns: &str) -> Result<File, NetError> {
+    match File::open(netns) {
+        Ok(f) => Ok(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(NetError::NoNetns(netns.to_string()));
+            Err(NetError::NoNetns(netns.to_string()))
         }
-        Err(e) => return Err(io(format!("opening netns {netns}"))(e)),
-    };
+        Err(e) => Err(io(format!("opening netns {netns}"))(e)),
+    }
+}
+
+/// Runs `make` (which opens a socket) inside `ns`: a socket's netns is fixed when it is created,
+/// so this thread enters the netns for the call and returns at once.
+fn in_netns<T>(ns: &File, netns: &str, make: impl FnOnce() -> T) -> Result<T, NetError> {
     let me = File::open("/proc/thread-self/ns/net").map_err(io("opening our own netns"))?;
-    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| io(format!("entering netns {netns}"))(e.into()))?;
-    let made = rtnetlink::new_connection();
+    let made = make();
     // Invariant: returning to the netns we came from cannot fail (we hold its fd and were in it);
     // carrying on in the pod netns would wire the host side into the pod.
     nix::sched::setns(&me, nix::sched::CloneFlags::CLONE_NEWNET)
         .expect("returning to the host network namespace");
+    Ok(made)
+}
+
+/// The pod netns file and a netlink connection inside it.
+pub fn pod(netns: &str) -> Result<(File, Handle), NetError> {
+    let ns = open_netns(netns)?;
+    let made = in_netns(&ns, netns, rtnetlink::new_connection)?;
     let (conn, h, _) = made.map_err(io("opening a netlink socket in the pod netns"))?;
     tokio::spawn(conn);
     Ok((ns, h))
+}
+
+/// The pod netns file and a batching netlink connection inside it (ADD's).
+pub fn pod_batch(netns: &str) -> Result<(File, Batch), NetError> {
+    let ns = open_netns(netns)?;
+    let b = in_netns(&ns, netns, Batch::open)??;
+    Ok((ns, b))
+}
+
+/// A netlink connection that sends several requests in one datagram. The kernel runs them in
+/// order, answering each (every request carries `NLM_F_ACK`), and a failed one does not stop
+/// the rest, so a batch is built so that a later step failing after an earlier one is harmless.
+///
+/// Answers are matched to requests by sequence number. The connection numbers messages 1, 2, …
+/// in the order they are submitted (netlink-proto's counter), and only this type submits on it,
+/// so it mirrors that counter; ACKs close a request without being passed on, so arrival order
+/// alone cannot say which request an answer is for.
+pub struct Batch {
+    h: rtnetlink::proto::ConnectionHandle<RouteNetlinkMessage>,
+    /// The sequence number of the last message submitted.
+    last_seq: std::sync::Mutex<u32>,
+}
+
+/// One request of a batch.
+pub struct Req {
+    msg: RouteNetlinkMessage,
+    flags: u16,
+    what: String,
+    /// Errors that count as success (EEXIST for a rule already there).
+    tolerate: fn(&rtnetlink::Error) -> bool,
+}
+
+const CREATE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+const REPLACE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+const PLAIN: u16 = NLM_F_REQUEST | NLM_F_ACK;
+
+fn never(_: &rtnetlink::Error) -> bool {
+    false
+}
+
+impl Req {
+    fn new(msg: RouteNetlinkMessage, flags: u16, what: impl Into<String>) -> Req {
+        Req {
+            msg,
+            flags,
+            what: what.into(),
+            tolerate: never,
+        }
+    }
+
+    fn tolerating(self, tolerate: fn(&rtnetlink::Error) -> bool) -> Req {
+        Req { tolerate, ..self }
+    }
+}
+
+impl Batch {
+    /// A connection in the current netns.
+    pub fn open() -> Result<Batch, NetError> {
+        let (conn, h, _) =
+            rtnetlink::proto::new_connection(rtnetlink::sys::protocols::NETLINK_ROUTE)
+                .map_err(io("opening a netlink socket"))?;
+        tokio::spawn(conn);
+        Ok(Batch {
+            h,
+            last_seq: std::sync::Mutex::new(0),
+        })
+    }
+
+    /// Sends `reqs` in one datagram; returns each request's replies, or the first error that
+    /// is not tolerated (every request has been answered by then).
+    pub async fn run(&self, reqs: Vec<Req>) -> Result<Vec<Vec<RouteNetlinkMessage>>, NetError> {
+        let mut meta = Vec::with_capacity(reqs.len());
+        let msgs: Vec<_> = reqs
+            .into_iter()
+            .map(|r| {
+                let mut m = NetlinkMessage::from(r.msg);
+                m.header.flags = r.flags;
+                meta.push((r.what, r.tolerate));
+                m
+            })
+            .collect();
+        let n = msgs.len();
+        let (base, mut replies) = {
+            // Invariant: the lock is only held around the submission below, which cannot panic.
+            let mut last = self.last_seq.lock().expect("netlink sequence counter");
+            let replies = self
+                .h
+                .request_batch(msgs, rtnetlink::sys::SocketAddr::new(0, 0))
+                .map_err(|e| NetError::Missing(format!("the netlink connection is gone: {e}")))?;
+            let base = last.wrapping_add(1);
+            *last = last.wrapping_add(n as u32);
+            (base, replies)
+        };
+        let mut out = vec![Vec::new(); n];
+        let mut failed = None;
+        while let Some(m) = replies.next().await {
+            let i = m.header.sequence_number.wrapping_sub(base) as usize;
+            match m.payload {
+                NetlinkPayload::InnerMessage(x) if i < n => out[i].push(x),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    let e = rtnetlink::Error::NetlinkError(e);
+                    let (what, tolerated) = match meta.get(i) {
+                        Some((what, tolerate)) => (what.clone(), tolerate(&e)),
+                        None => ("a batched netlink request".to_string(), false),
+                    };
+                    if failed.is_none() && !tolerated {
+                        failed = Some(nl(what)(e));
+                    }
+                }
+                _ => {}
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
+pub fn get_link(name: &str) -> Req {
+    let mut m = LinkUnspec::new_with_index(0).build();
+    m.attributes.push(LinkAttribute::IfName(name.to_string()));
+    Req::new(
+        RouteNetlinkMessage::GetLink(m),
+        PLAIN,
+        format!("looking up link {name}"),
+    )
+}
+
+pub fn del_link(name: &str) -> Req {
+    let mut m = LinkUnspec::new_with_index(0).build();
+    m.attributes.push(LinkAttribute::IfName(name.to_string()));
+    Req::new(
+        RouteNetlinkMessage::DelLink(m),
+        PLAIN,
+        format!("deleting link {name}"),
+    )
+    .tolerating(is_missing)
+}
+
+/// (index, MAC) from a GETLINK's replies.
+pub fn link_reply(replies: &[RouteNetlinkMessage]) -> Option<(u32, Vec<u8>)> {
+    replies.iter().find_map(|r| match r {
+        RouteNetlinkMessage::NewLink(l) => Some((
+            l.header.index,
+            l.attributes
+                .iter()
+                .find_map(|a| match a {
+                    LinkAttribute::Address(b) => Some(b.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+        )),
+        _ => None,
+    })
+}
+
+fn rule_msg(ip: Ipv4Addr, from: bool, table: u32, prio: u32) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.action = RuleAction::ToTable;
+    if from {
+        m.header.src_len = 32;
+        m.attributes.push(RuleAttribute::Source(IpAddr::V4(ip)));
+    } else {
+        m.header.dst_len = 32;
+        m.attributes
+            .push(RuleAttribute::Destination(IpAddr::V4(ip)));
+    }
+    if table > 255 {
+        m.attributes.push(RuleAttribute::Table(table));
+    } else {
+        m.header.table = table as u8;
+    }
+    m.attributes.push(RuleAttribute::Priority(prio));
+    m
 }
 
 /// The link called `name`: (index, MAC).
@@ -163,57 +360,51 @@ pub struct Veth {
 }
 
 /// Creates the veth pair: the host end here, the pod end inside `ns`, both down (the kernel
-/// refuses to bring a veth end up before its peer exists: ENOTCONN). A stale host link of the same name (a pod recreated under
-/// its old name) is deleted first.
+/// refuses to bring a veth end up before its peer exists: ENOTCONN). A stale host link of the
+/// same name (a pod recreated under its old name), or the pod's interface left by an earlier
+/// ADD, is deleted first. Two round trips: create + look up the host end, look up the pod end.
 pub async fn create_veth(
-    host: &Handle,
-    pod: &Handle,
+    host: &Batch,
+    pod: &Batch,
     ns: &File,
     p: &Plan<'_>,
 ) -> Result<Veth, NetError> {
-    let build = || {
+    let create = || {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(p.pod_ifname.to_string())
             .mtu(p.mtu)
             .setns_by_fd(ns.as_raw_fd())
             .build();
-        LinkVeth::new(p.host_veth, "unused")
+        let veth = LinkVeth::new(p.host_veth, "unused")
             .mtu(p.mtu)
             .address(p.host_mac.to_vec())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .build()
+            .build();
+        vec![
+            Req::new(
+                RouteNetlinkMessage::NewLink(veth),
+                CREATE,
+                "creating the veth pair",
+            ),
+            get_link(p.host_veth),
+        ]
     };
-    match host.link().add(build()).execute().await {
-        Ok(()) => {}
-        Err(e) if is_exists(&e) => {
-            // Either the host name is taken by a stale veth, or the pod already has the ifname
-            // (a repeated ADD). Remove both and try once more.
-            if let Some((idx, _)) = link(host, p.host_veth).await? {
-                host.link()
-                    .del(idx)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("deleting stale link {}", p.host_veth)))?;
-            }
-            if let Some((idx, _)) = link(pod, p.pod_ifname).await? {
-                pod.link()
-                    .del(idx)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("deleting the pod's old {}", p.pod_ifname)))?;
-            }
-            host.link()
-                .add(build())
-                .execute()
-                .await
-                .map_err(nl("creating the veth pair"))?;
+    let made = match host.run(create()).await {
+        Err(NetError::Netlink { source, .. }) if is_exists(&source) => {
+            // The host name is taken by a stale veth, or the pod already has the ifname (a
+            // repeated ADD). Remove both and try once more.
+            host.run(vec![del_link(p.host_veth)]).await?;
+            pod.run(vec![del_link(p.pod_ifname)]).await?;
+            host.run(create()).await?
         }
-        Err(e) => return Err(nl("creating the veth pair")(e)),
-    }
-    let (host_index, _) = link(host, p.host_veth)
-        .await?
+        other => other?,
+    };
+    let (host_index, _) = made
+        .get(1)
+        .and_then(|r| link_reply(r))
         .ok_or_else(|| NetError::Missing(format!("host veth {} vanished", p.host_veth)))?;
-    let (pod_index, pod_mac) = link(pod, p.pod_ifname).await?.ok_or_else(|| {
+    let got = pod.run(vec![get_link(p.pod_ifname)]).await?;
+    let (pod_index, pod_mac) = got.first().and_then(|r| link_reply(r)).ok_or_else(|| {
         NetError::Missing(format!("pod interface {} did not appear", p.pod_ifname))
     })?;
     Ok(Veth {
@@ -223,56 +414,75 @@ pub async fn create_veth(
     })
 }
 
-/// Inside the pod: `<ip>/32`, `169.254.1.1 scope link`, `default via 169.254.1.1`, and the
-/// gateway's permanent neighbour entry pointing at the host veth's MAC.
-pub async fn setup_pod(pod: &Handle, v: &Veth, p: &Plan<'_>) -> Result<(), NetError> {
-    pod.link()
-        .set(LinkUnspec::new_with_index(v.pod_index).up().build())
-        .execute()
-        .await
-        .map_err(nl("bringing the pod interface up"))?;
-    pod.address()
-        .add(v.pod_index, IpAddr::V4(p.ip), 32)
-        .replace()
-        .execute()
-        .await
-        .map_err(nl("adding the pod address"))?;
-    pod.route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(POD_GATEWAY, 32)
-                .output_interface(v.pod_index)
-                .scope(RouteScope::Link)
-                .build(),
-        )
-        .replace()
-        .execute()
-        .await
-        .map_err(nl("adding the pod's gateway route"))?;
-    pod.route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(POD_GATEWAY)
-                .output_interface(v.pod_index)
-                .build(),
-        )
-        .replace()
-        .execute()
-        .await
-        .map_err(nl("adding the pod's default route"))?;
-    pod.neighbours()
-        .add(v.pod_index, IpAddr::V4(POD_GATEWAY))
-        .link_layer_address(&p.host_mac)
-        .replace()
-        .execute()
-        .await
-        .map_err(nl("adding the gateway's neighbour entry"))?;
+/// Inside the pod, one batch: the interface up, `<ip>/32`, `169.254.1.1 scope link`,
+/// `default via 169.254.1.1`, and the gateway's permanent neighbour entry pointing at the host
+/// veth's MAC.
+pub async fn setup_pod(pod: &Batch, v: &Veth, p: &Plan<'_>) -> Result<(), NetError> {
+    let up = LinkUnspec::new_with_index(v.pod_index).up().build();
+    let mut addr = AddressMessage::default();
+    addr.header.family = AddressFamily::Inet;
+    addr.header.prefix_len = 32;
+    addr.header.index = v.pod_index;
+    addr.attributes
+        .push(AddressAttribute::Local(IpAddr::V4(p.ip)));
+    addr.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(p.ip)));
+    let gw_route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(POD_GATEWAY, 32)
+        .output_interface(v.pod_index)
+        .scope(RouteScope::Link)
+        .build();
+    let default = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(POD_GATEWAY)
+        .output_interface(v.pod_index)
+        .build();
+    let mut neigh = NeighbourMessage::default();
+    neigh.header.family = AddressFamily::Inet;
+    neigh.header.ifindex = v.pod_index;
+    neigh.header.state = NeighbourState::Permanent;
+    neigh
+        .attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            POD_GATEWAY,
+        )));
+    neigh
+        .attributes
+        .push(NeighbourAttribute::LinkLayerAddress(p.host_mac.to_vec()));
+    pod.run(vec![
+        Req::new(
+            RouteNetlinkMessage::SetLink(up),
+            PLAIN,
+            "bringing the pod interface up",
+        ),
+        Req::new(
+            RouteNetlinkMessage::NewAddress(addr),
+            REPLACE,
+            "adding the pod address",
+        ),
+        Req::new(
+            RouteNetlinkMessage::NewRoute(gw_route),
+            REPLACE,
+            "adding the pod's gateway route",
+        ),
+        Req::new(
+            RouteNetlinkMessage::NewRoute(default),
+            REPLACE,
+            "adding the pod's default route",
+        ),
+        Req::new(
+            RouteNetlinkMessage::NewNeighbour(neigh),
+            REPLACE,
+            "adding the gateway's neighbour entry",
+        ),
+    ])
+    .await?;
     Ok(())
 }
 
-/// On the host: IPv6 off for the veth, the veth up, `<ip>/32 dev <veth>` in main, rule
+/// On the host: IPv6 off for the veth (sysctls), then one batch: the veth up and tagged with its
+/// attachment (the kernel ignores IFLA_IFALIAS at creation), `<ip>/32 dev <veth>` in main, rule
 /// `to <ip> lookup main` (512) and, for a secondary ENI, `from <ip> lookup <table>` (1536).
-pub async fn setup_host(host: &Handle, v: &Veth, p: &Plan<'_>) -> Result<(), NetError> {
+pub async fn setup_host(host: &Batch, v: &Veth, p: &Plan<'_>) -> Result<(), NetError> {
     for (k, val) in [
         ("accept_ra", "0"),
         ("accept_redirects", "1"),
@@ -284,59 +494,45 @@ pub async fn setup_host(host: &Handle, v: &Veth, p: &Plan<'_>) -> Result<(), Net
             _ => {}
         }
     }
-    // Up and tagged with the attachment in one request (the kernel ignores IFLA_IFALIAS at
-    // creation).
     let mut up = LinkUnspec::new_with_index(v.host_index).up().build();
     up.attributes
         .push(LinkAttribute::IfAlias(p.alias.to_string()));
-    host.link()
-        .set(up)
-        .execute()
-        .await
-        .map_err(nl("bringing the host veth up"))?;
-    host.route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(p.ip, 32)
-                .output_interface(v.host_index)
-                .scope(RouteScope::Link)
-                .table_id(MAIN_TABLE)
-                .build(),
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(p.ip, 32)
+        .output_interface(v.host_index)
+        .scope(RouteScope::Link)
+        .table_id(MAIN_TABLE)
+        .build();
+    let mut reqs = vec![
+        Req::new(
+            RouteNetlinkMessage::SetLink(up),
+            PLAIN,
+            "bringing the host veth up",
+        ),
+        Req::new(
+            RouteNetlinkMessage::NewRoute(route),
+            REPLACE,
+            "adding the host route to the pod",
+        ),
+        Req::new(
+            RouteNetlinkMessage::NewRule(rule_msg(p.ip, false, MAIN_TABLE, TO_POD_PRIORITY)),
+            CREATE,
+            format!("adding rule priority {TO_POD_PRIORITY} for {}", p.ip),
         )
-        .replace()
-        .execute()
-        .await
-        .map_err(nl("adding the host route to the pod"))?;
-    add_rule(host, p.ip, false, MAIN_TABLE, TO_POD_PRIORITY).await?;
+        .tolerating(is_exists),
+    ];
     if p.table != MAIN_TABLE {
-        add_rule(host, p.ip, true, p.table, FROM_POD_PRIORITY).await?;
+        reqs.push(
+            Req::new(
+                RouteNetlinkMessage::NewRule(rule_msg(p.ip, true, p.table, FROM_POD_PRIORITY)),
+                CREATE,
+                format!("adding rule priority {FROM_POD_PRIORITY} for {}", p.ip),
+            )
+            .tolerating(is_exists),
+        );
     }
+    host.run(reqs).await?;
     Ok(())
-}
-
-async fn add_rule(
-    h: &Handle,
-    ip: Ipv4Addr,
-    from: bool,
-    table: u32,
-    prio: u32,
-) -> Result<(), NetError> {
-    let r = h.rule().add().v4();
-    let r = if from {
-        r.source_prefix(ip, 32)
-    } else {
-        r.destination_prefix(ip, 32)
-    };
-    match r
-        .table_id(table)
-        .priority(prio)
-        .action(RuleAction::ToTable)
-        .execute()
-        .await
-    {
-        Err(e) if !is_exists(&e) => Err(nl(format!("adding rule priority {prio} for {ip}"))(e)),
-        _ => Ok(()),
-    }
 }
 
 fn rule_prio(r: &RuleMessage) -> Option<u32> {
@@ -517,7 +713,6 @@ pub async fn ip_via(h: &Handle, veth: &str, alias: &str) -> Result<Option<Ipv4Ad
 
 /// IPv4 addresses on link `index` as (address, prefix length).
 pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetError> {
-    use netlink_packet_route::address::AddressAttribute;
     let mut out = Vec::new();
     let mut s = h.address().get().set_link_index_filter(index).execute();
     while let Some(a) = s.try_next().await.map_err(nl("listing addresses"))? {
@@ -535,7 +730,6 @@ pub async fn permanent_neighbours(
     h: &Handle,
     index: u32,
 ) -> Result<Vec<(Ipv4Addr, Vec<u8>)>, NetError> {
-    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
     let mut out = Vec::new();
     let mut s = h.neighbours().get().execute();
     while let Some(n) = s.try_next().await.map_err(nl("listing neighbours"))? {

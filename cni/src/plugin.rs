@@ -71,8 +71,8 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let alias = nodewire_proto::veth_alias(&env.container_id, &env.ifname);
     let host_mac = random_mac()?;
     // The netns first: a missing sandbox must not cost an address.
-    let (ns, pod) = net::pod(&env.netns)?;
-    let host = net::host()?;
+    let (ns, pod) = net::pod_batch(&env.netns)?;
+    let host = net::Batch::open()?;
     let mut ipamd = Ipamd::connect(&conf.ipamd_socket, CONNECT_TIMEOUT).await?;
     let t_connect = t0.elapsed();
     let k = key(env, conf);
@@ -87,9 +87,11 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         .await?;
     let t_ipamd = t0.elapsed();
     let release = |why: CniError| async {
-        let _ = net::delete_link(&host, &host_veth).await;
-        if let Ok(ip) = reply.ipv4.parse::<Ipv4Addr>() {
-            let _ = net::teardown_host(&host, ip).await;
+        if let Ok(host) = net::host() {
+            let _ = net::delete_link(&host, &host_veth).await;
+            if let Ok(ip) = reply.ipv4.parse::<Ipv4Addr>() {
+                let _ = net::teardown_host(&host, ip).await;
+            }
         }
         match ipamd_del(conf, &k, env).await {
             Err(DelFailed::Unreachable(m) | DelFailed::Refused(m)) => {
@@ -124,16 +126,22 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         mtu: conf.mtu,
         table,
     };
+    let mut t_veth = Duration::ZERO;
     let wired = async {
         let v = net::create_veth(&host, &pod, &ns, &plan).await?;
-        net::setup_pod(&pod, &v, &plan).await?;
-        net::setup_host(&host, &v, &plan).await?;
+        t_veth = t0.elapsed();
+        // The two sides are independent: both batches are in flight at once.
+        let (p, h) = tokio::join!(
+            net::setup_pod(&pod, &v, &plan),
+            net::setup_host(&host, &v, &plan)
+        );
+        p.and(h)?;
         Ok::<_, NetError>(v)
     }
     .await;
     match wired {
         Ok(v) => {
-            tracing::debug!(?t_connect, ?t_ipamd, total = ?t0.elapsed(), "ADD timings (cumulative)");
+            tracing::debug!(?t_connect, ?t_ipamd, ?t_veth, total = ?t0.elapsed(), "ADD timings (cumulative)");
             tracing::info!(%ip, table, veth = %host_veth, container = %env.container_id, "ADD");
             let w = Wired {
                 host_veth: host_veth.clone(),

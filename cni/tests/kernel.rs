@@ -503,3 +503,52 @@ fn status_and_gc() {
         ]
     );
 }
+
+#[test]
+fn batched_netlink_answers_go_to_their_requests() {
+    use nodewire_cni::net::{Batch, del_link, get_link, link_reply};
+    let ns = Ns::new("batch");
+    sh(&[
+        "ip", "-n", &ns.0, "link", "add", "dummy7", "type", "veth", "peer", "name", "dummy7p",
+    ]);
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let b = Batch::open().expect("netlink");
+            for _ in 0..3 {
+                // Replies land at their request's position, across runs on one connection.
+                let r = b
+                    .run(vec![
+                        get_link("dummy7"),
+                        del_link("absent0"),
+                        get_link("lo"),
+                    ])
+                    .await
+                    .expect("batch");
+                assert_eq!(r.len(), 3);
+                assert_eq!(link_reply(&r[2]).map(|(i, _)| i), Some(1), "lo is 1");
+                assert!(link_reply(&r[0]).is_some_and(|(i, _)| i > 1));
+                assert!(r[1].is_empty(), "a tolerated ENODEV");
+            }
+            // The error names the request that failed, not its neighbours.
+            let e = b
+                .run(vec![
+                    get_link("lo"),
+                    get_link("absent1"),
+                    get_link("dummy7"),
+                ])
+                .await
+                .err()
+                .expect("absent1 fails");
+            assert!(e.to_string().contains("looking up link absent1"), "{e}");
+        });
+    })
+    .join()
+    .expect("batch test thread");
+}

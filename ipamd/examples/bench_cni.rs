@@ -4,7 +4,8 @@
 //! netns and building the DEL config with prevResult are not. Both plugins run in a network
 //! namespace of their own (ptp's in a throwaway "host" namespace, since it turns on the host's
 //! ip_forward). Prints median and p99 per case and the ratio ours/ptp, and the stripped size of
-//! the vpc-cni binary. vpc-cni is the release build (what ships); ipamd and this driver are `perf`.
+//! the vpc-cni binary. vpc-cni is the static release build (what ships, `make cni-static`); ipamd
+//! and this driver are `perf`.
 //!
 //! DEL cost note: vpc-cni's DEL removes rules, route and the address but leaves the veth to the
 //! runtime's netns deletion, which the kernel finishes asynchronously (as upstream does); ptp
@@ -159,6 +160,28 @@ fn run_case(ours: &Plugin, ptp: &Plugin, tag: &str, par: usize, rows: &mut Vec<R
     }
 }
 
+/// A tmpfs mounted for the run, unmounted (and its directory removed) on drop, panics included.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Tmpfs {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "nodewire-bench"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let ptp_bin = PathBuf::from("/usr/lib/cni/ptp");
@@ -166,20 +189,27 @@ async fn main() {
         ptp_bin.exists() && Path::new("/usr/lib/cni/host-local").exists(),
         "Debian's containernetworking-plugins is missing: run `bash scripts/peers.sh`"
     );
-    // The plugin as shipped: the release build (LTO), as the image carries it.
-    let ours_bin = profile_dir()
-        .parent()
-        .expect("target dir")
-        .join("release/vpc-cni");
+    // The plugin as shipped: the static release build (`make cni-static`, BENCH_CNI_BIN), else
+    // the plain release build.
+    let ours_bin = std::env::var_os("BENCH_CNI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            profile_dir()
+                .parent()
+                .expect("target dir")
+                .join("release/vpc-cni")
+        });
     assert!(
         ours_bin.exists(),
-        "{} missing: cargo build --release -p nodewire-cni",
+        "{} missing: make cni-static (or cargo build --release -p nodewire-cni)",
         ours_bin.display()
     );
+    println!("vpc-cni under test: {}", ours_bin.display());
     let tag = format!("cn{:04x}", std::process::id() & 0xffff);
-    // ipamd's checkpoint on tmpfs, as /var/run is on a node.
+    // ipamd's checkpoint on tmpfs, as /var/run is on a node (here /run may be on disk: mount one).
     let run_dir = PathBuf::from(format!("/run/nodewire-bench-{}", std::process::id()));
     std::fs::create_dir_all(&run_dir).expect("run dir");
+    let _tmpfs = Tmpfs::mount(&run_dir);
     let dir = tempfile::tempdir().expect("tempdir");
 
     let sim = Vpcsim::start(Options {
@@ -283,6 +313,5 @@ async fn main() {
     }
     let _ = netns::delete(&ptp_host);
     drop(ipamd);
-    let _ = std::fs::remove_dir_all(&run_dir);
     sim.shutdown().await.expect("shutdown");
 }
