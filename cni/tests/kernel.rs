@@ -544,8 +544,7 @@ fn batched_netlink_answers_go_to_their_requests() {
                     get_link("dummy7"),
                 ])
                 .await
-                .err()
-                .expect("absent1 fails");
+                .expect_err("absent1 fails");
             assert!(e.to_string().contains("looking up link absent1"), "{e}");
         });
     })
