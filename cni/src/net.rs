@@ -338,7 +338,7 @@ fn alias_of(attrs: &[LinkAttribute]) -> String {
         .unwrap_or_default()
 }
 
-/// What ADD sets up.
+/// The veth pair ADD makes (the address comes from ipamd meanwhile).
 #[derive(Debug, Clone)]
 pub struct Plan<'a> {
     pub host_veth: &'a str,
@@ -346,10 +346,7 @@ pub struct Plan<'a> {
     /// The host veth's alias: the attachment it serves (`nodewire_proto::veth_alias`).
     pub alias: &'a str,
     pub pod_ifname: &'a str,
-    pub ip: Ipv4Addr,
     pub mtu: u32,
-    /// The ENI's route table; main (254) for the primary ENI.
-    pub table: u32,
 }
 
 /// The veth pair, created; `pod_mac` is the pod end's MAC.
@@ -417,16 +414,16 @@ pub async fn create_veth(
 /// Inside the pod, one batch: the interface up, `<ip>/32`, `169.254.1.1 scope link`,
 /// `default via 169.254.1.1`, and the gateway's permanent neighbour entry pointing at the host
 /// veth's MAC.
-pub async fn setup_pod(pod: &Batch, v: &Veth, p: &Plan<'_>) -> Result<(), NetError> {
+pub async fn setup_pod(pod: &Batch, v: &Veth, p: &Plan<'_>, ip: Ipv4Addr) -> Result<(), NetError> {
     let up = LinkUnspec::new_with_index(v.pod_index).up().build();
     let mut addr = AddressMessage::default();
     addr.header.family = AddressFamily::Inet;
     addr.header.prefix_len = 32;
     addr.header.index = v.pod_index;
     addr.attributes
-        .push(AddressAttribute::Local(IpAddr::V4(p.ip)));
+        .push(AddressAttribute::Local(IpAddr::V4(ip)));
     addr.attributes
-        .push(AddressAttribute::Address(IpAddr::V4(p.ip)));
+        .push(AddressAttribute::Address(IpAddr::V4(ip)));
     let gw_route = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(POD_GATEWAY, 32)
         .output_interface(v.pod_index)
@@ -482,7 +479,14 @@ pub async fn setup_pod(pod: &Batch, v: &Veth, p: &Plan<'_>) -> Result<(), NetErr
 /// On the host: IPv6 off for the veth (sysctls), then one batch: the veth up and tagged with its
 /// attachment (the kernel ignores IFLA_IFALIAS at creation), `<ip>/32 dev <veth>` in main, rule
 /// `to <ip> lookup main` (512) and, for a secondary ENI, `from <ip> lookup <table>` (1536).
-pub async fn setup_host(host: &Batch, v: &Veth, p: &Plan<'_>) -> Result<(), NetError> {
+/// `table` is the ENI's route table; main (254) for the primary ENI.
+pub async fn setup_host(
+    host: &Batch,
+    v: &Veth,
+    p: &Plan<'_>,
+    ip: Ipv4Addr,
+    table: u32,
+) -> Result<(), NetError> {
     for (k, val) in [
         ("accept_ra", "0"),
         ("accept_redirects", "1"),
@@ -498,7 +502,7 @@ pub async fn setup_host(host: &Batch, v: &Veth, p: &Plan<'_>) -> Result<(), NetE
     up.attributes
         .push(LinkAttribute::IfAlias(p.alias.to_string()));
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(p.ip, 32)
+        .destination_prefix(ip, 32)
         .output_interface(v.host_index)
         .scope(RouteScope::Link)
         .table_id(MAIN_TABLE)
@@ -515,18 +519,18 @@ pub async fn setup_host(host: &Batch, v: &Veth, p: &Plan<'_>) -> Result<(), NetE
             "adding the host route to the pod",
         ),
         Req::new(
-            RouteNetlinkMessage::NewRule(rule_msg(p.ip, false, MAIN_TABLE, TO_POD_PRIORITY)),
+            RouteNetlinkMessage::NewRule(rule_msg(ip, false, MAIN_TABLE, TO_POD_PRIORITY)),
             CREATE,
-            format!("adding rule priority {TO_POD_PRIORITY} for {}", p.ip),
+            format!("adding rule priority {TO_POD_PRIORITY} for {}", ip),
         )
         .tolerating(is_exists),
     ];
-    if p.table != MAIN_TABLE {
+    if table != MAIN_TABLE {
         reqs.push(
             Req::new(
-                RouteNetlinkMessage::NewRule(rule_msg(p.ip, true, p.table, FROM_POD_PRIORITY)),
+                RouteNetlinkMessage::NewRule(rule_msg(ip, true, table, FROM_POD_PRIORITY)),
                 CREATE,
-                format!("adding rule priority {FROM_POD_PRIORITY} for {}", p.ip),
+                format!("adding rule priority {FROM_POD_PRIORITY} for {}", ip),
             )
             .tolerating(is_exists),
         );

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// How long to wait for ipamd's socket to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scheduler turns ADD gives the ipamd request to leave before the veth is made (see `add`).
+const YIELDS_BEFORE_VETH: usize = 2;
 /// DEL must not hold up pod deletion: past this, ipamd counts as down and DEL tears down locally.
 const DEL_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -73,19 +75,55 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     // The netns first: a missing sandbox must not cost an address.
     let (ns, pod) = net::pod_batch(&env.netns)?;
     let host = net::Batch::open()?;
-    let mut ipamd = Ipamd::connect(&conf.ipamd_socket, CONNECT_TIMEOUT).await?;
-    let t_connect = t0.elapsed();
     let k = key(env, conf);
-    let reply = ipamd
-        .add(AddRequest {
-            key: Some(k.clone()),
-            pod: Some(pod_ref(env)),
-            netns: env.netns.clone(),
-            host_ifname: host_veth.clone(),
-            client_version: 0,
-        })
-        .await?;
-    let t_ipamd = t0.elapsed();
+    let plan = Plan {
+        host_veth: &host_veth,
+        host_mac,
+        alias: &alias,
+        pod_ifname: &env.ifname,
+        mtu: conf.mtu,
+    };
+    // ipamd picks the address while the kernel builds the veth pair: neither needs the other,
+    // and they are the two slowest steps (ipamd works in its own process). The netlink calls
+    // block this thread in the kernel, so the veth waits until the request is on the wire:
+    // yielding lets the HTTP/2 connection task (spawned by the connect) write it first.
+    let (mut t_ask, mut t_veth) = (Duration::ZERO, Duration::ZERO);
+    let ask = async {
+        let mut ipamd = Ipamd::connect(&conf.ipamd_socket, CONNECT_TIMEOUT).await?;
+        let r = ipamd
+            .add(AddRequest {
+                key: Some(k.clone()),
+                pod: Some(pod_ref(env)),
+                netns: env.netns.clone(),
+                host_ifname: host_veth.clone(),
+                client_version: 0,
+            })
+            .await;
+        t_ask = t0.elapsed();
+        r
+    };
+    let make_veth = async {
+        for _ in 0..YIELDS_BEFORE_VETH {
+            tokio::task::yield_now().await;
+        }
+        let v = net::create_veth(&host, &pod, &ns, &plan).await;
+        t_veth = t0.elapsed();
+        v
+    };
+    let (reply, veth) = tokio::join!(ask, make_veth);
+    let t_both = t0.elapsed();
+    let reply = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            // No address: the veth made meanwhile goes (its pod end with it).
+            if veth.is_ok()
+                && let Ok(h) = net::host()
+            {
+                let _ = net::delete_link(&h, &host_veth).await;
+            }
+            return Err(e);
+        }
+    };
     let release = |why: CniError| async {
         if let Ok(host) = net::host() {
             let _ = net::delete_link(&host, &host_veth).await;
@@ -117,23 +155,12 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     } else {
         reply.route_table
     };
-    let plan = Plan {
-        host_veth: &host_veth,
-        host_mac,
-        alias: &alias,
-        pod_ifname: &env.ifname,
-        ip,
-        mtu: conf.mtu,
-        table,
-    };
-    let mut t_veth = Duration::ZERO;
     let wired = async {
-        let v = net::create_veth(&host, &pod, &ns, &plan).await?;
-        t_veth = t0.elapsed();
+        let v = veth?;
         // The two sides are independent: both batches are in flight at once.
         let (p, h) = tokio::join!(
-            net::setup_pod(&pod, &v, &plan),
-            net::setup_host(&host, &v, &plan)
+            net::setup_pod(&pod, &v, &plan, ip),
+            net::setup_host(&host, &v, &plan, ip, table)
         );
         p.and(h)?;
         Ok::<_, NetError>(v)
@@ -141,7 +168,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     .await;
     match wired {
         Ok(v) => {
-            tracing::debug!(?t_connect, ?t_ipamd, ?t_veth, total = ?t0.elapsed(), "ADD timings (cumulative)");
+            tracing::debug!(?t_ask, ?t_veth, ?t_both, total = ?t0.elapsed(), "ADD timings (cumulative: address and veth, all)");
             tracing::info!(%ip, table, veth = %host_veth, container = %env.container_id, "ADD");
             let w = Wired {
                 host_veth: host_veth.clone(),

@@ -420,6 +420,9 @@ fn ipamd_answers_map_to_spec_codes() {
         assert_eq!(e["code"], want, "{e}");
         assert!(e["msg"].as_str().unwrap_or("").contains(msg), "{e}");
         assert_eq!(e["cniVersion"], "1.0.0");
+        // The veth made while ipamd was asked is gone again, in both namespaces.
+        assert_eq!(w.host.link(VETH), None, "host veth left after {code:?}");
+        assert_eq!(w.pod.link("eth0"), None, "pod eth0 left after {code:?}");
     }
     // ipamd down: try again later, naming the socket.
     let mut c = w.conf("1.0.0");

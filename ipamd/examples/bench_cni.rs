@@ -266,7 +266,12 @@ async fn main() {
     };
 
     let mut rows = Vec::new();
-    for par in [1, 8] {
+    // BENCH_CNI_PAR=1 (or 8): only that case, for quick iterations; default both.
+    let pars: Vec<usize> = std::env::var("BENCH_CNI_PAR")
+        .ok()
+        .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8]);
+    for par in pars {
         run_case(&ours, &ptp, &tag, par, &mut rows);
         ipamd.wait_free(200).await;
     }
