@@ -131,7 +131,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
                 let _ = net::teardown_host(&host, ip).await;
             }
         }
-        match ipamd_del(conf, &k, env).await {
+        match ipamd_del(conf, &k, env, true).await {
             Err(DelFailed::Unreachable(m) | DelFailed::Refused(m)) => {
                 tracing::warn!(error = %m, "giving the address back to ipamd failed")
             }
@@ -197,10 +197,12 @@ enum DelFailed {
     Refused(String),
 }
 
+/// `unused`: the address never reached a running pod (ADD's unwind), so ipamd skips its cooldown.
 async fn ipamd_del(
     conf: &NetConf,
     k: &AttachmentKey,
     env: &Env,
+    unused: bool,
 ) -> Result<Option<Ipv4Addr>, DelFailed> {
     let call = async {
         let mut c = Ipamd::connect(&conf.ipamd_socket, CONNECT_TIMEOUT)
@@ -211,6 +213,7 @@ async fn ipamd_del(
                 key: Some(k.clone()),
                 pod: Some(pod_ref(env)),
                 client_version: 0,
+                unused,
             })
             .await
             .map_err(|s| {
@@ -245,7 +248,7 @@ async fn ipamd_del(
 /// sandbox's late DEL must not unwire the new one.
 async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let k = key(env, conf);
-    let why = match ipamd_del(conf, &k, env).await {
+    let why = match ipamd_del(conf, &k, env, false).await {
         Ok(released) => {
             tracing::info!(ip = ?released, container = %env.container_id, "DEL");
             return Ok(());

@@ -118,6 +118,12 @@ impl Env {
 }
 
 /// Linux interface name rules (IFNAMSIZ 16 with the NUL).
+pub fn valid_container_id(id: &str) -> bool {
+    let mut c = id.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphanumeric())
+        && c.all(|x| x.is_ascii_alphanumeric() || matches!(x, '_' | '.' | '-'))
+}
+
 pub fn valid_ifname(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 15
@@ -168,7 +174,13 @@ pub fn parse_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> 
             ));
         }
     };
-    let args = parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?;
+    // VERSION ignores CNI_ARGS; DEL must not block pod deletion over a malformed one (it only
+    // names the host veth for the ipamd-down fallback).
+    let args = match parse_cni_args(&get("CNI_ARGS").unwrap_or_default()) {
+        Ok(a) => a,
+        Err(_) if matches!(command, Command::Version | Command::Del) => BTreeMap::new(),
+        Err(e) => return Err(e),
+    };
     let mut env = Env {
         command,
         container_id: get("CNI_CONTAINERID").unwrap_or_default(),
@@ -191,6 +203,15 @@ pub fn parse_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> 
                 env.ifname
             )));
         }
+    }
+    // The spec's container id: alphanumeric first, then alphanumerics, '_', '.', '-' (DEL takes
+    // whatever the runtime recorded).
+    if matches!(command, Command::Add | Command::Check) && !valid_container_id(&env.container_id) {
+        return Err(invalid_env(format!(
+            "CNI_CONTAINERID {:?} is not a valid container id (a letter or digit, then letters, \
+             digits, '_', '.' or '-')",
+            env.container_id
+        )));
     }
     if matches!(command, Command::Add | Command::Check) && env.netns.is_empty() {
         return Err(invalid_env("CNI_NETNS is required for ADD and CHECK"));
@@ -578,6 +599,15 @@ mod tests {
                 &[("CNI_COMMAND", "GC"), ("CNI_ARGS", "novalue")],
                 "not KEY=VALUE",
             ),
+            (
+                &[
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", "-x/../y"),
+                    ("CNI_NETNS", "/var/run/netns/x"),
+                    ("CNI_IFNAME", "eth0"),
+                ],
+                "not a valid container id",
+            ),
         ];
         for (pairs, want) in cases {
             let e = env_of(pairs).expect_err(want);
@@ -592,6 +622,16 @@ mod tests {
         ])
         .expect("DEL with no netns");
         env_of(&[("CNI_COMMAND", "STATUS")]).expect("STATUS");
+        // A malformed CNI_ARGS does not stop VERSION or DEL.
+        env_of(&[("CNI_COMMAND", "VERSION"), ("CNI_ARGS", "novalue")]).expect("VERSION");
+        let d = env_of(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "a"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "K8S_POD_NAME"),
+        ])
+        .expect("DEL with a bad CNI_ARGS");
+        assert!(d.args.is_empty());
     }
 
     #[test]

@@ -319,7 +319,10 @@ fn failure_after_the_grant_gives_the_address_back_and_leaves_nothing() {
     );
     assert_eq!(
         w.ipamd.calls(),
-        vec![format!("add c1 lo {}", e_name("lo")), "del c1 lo".into()]
+        vec![
+            format!("add c1 lo {}", e_name("lo")),
+            "del c1 lo (unused)".into()
+        ]
     );
     assert_eq!((w.host.links(), w.host_pod_state()), before);
 

@@ -443,16 +443,30 @@ impl<C: Cloud> Ipamd<C> {
         }
     }
 
-    /// DEL: removes the pod's host rules and route, then releases its address into cooldown.
+    /// DEL: removes the pod's host rules and route, then releases its address into cooldown
+    /// (none when `unused`: vpc-cni unwound the ADD, so nothing can point at the address).
     /// Unknown keys are fine.
-    pub async fn del(&self, key: &Key) -> Result<Option<Assignment>, checkpoint::Error> {
-        self.counters.del("PodDeleted");
+    pub async fn del(
+        &self,
+        key: &Key,
+        unused: bool,
+    ) -> Result<Option<Assignment>, checkpoint::Error> {
+        // Upstream's reasons for awscni_del_ip_req_count.
+        self.counters.del(if unused {
+            "SetupNSFailed"
+        } else {
+            "PodDeleted"
+        });
         let mut st = self.state.lock().await;
         let held = st.ds.held(key);
         if let Some((ip, ..)) = &held {
             self.prune_held(*ip, "DEL").await;
         }
-        let r = st.ds.release(key, now_ms());
+        let r = if unused {
+            st.ds.release_unused(key)
+        } else {
+            st.ds.release(key, now_ms())
+        };
         if r.is_some() {
             if let Err(e) = self.persist(&st.ds) {
                 // Unwind: the release is not durable, so it did not happen (the CNI retries).

@@ -369,6 +369,18 @@ impl Datastore {
         None
     }
 
+    /// Releases without cooldown: the address never reached a running pod (its ADD was unwound),
+    /// so no endpoint or connection can still point at it.
+    pub fn release_unused(&mut self, key: &Key) -> Option<Assignment> {
+        let a = self.release(key, 0)?;
+        for c in self.enis.values_mut().flat_map(|e| e.cidrs.values_mut()) {
+            if matches!(c.slots.get(&a.ip), Some(Slot::Cooling { .. })) {
+                c.slots.remove(&a.ip);
+            }
+        }
+        Some(a)
+    }
+
     /// Drops the key's slot entirely, as if the assignment never happened (undoing an
     /// assignment that could not be persisted).
     pub fn forget(&mut self, key: &Key) {
@@ -592,6 +604,22 @@ mod tests {
         assert!(d.release(&key(42), 5).is_none());
         assert_eq!(d.release(&key(1), 5).map(|r| r.ip), Some(a.ip));
         assert!(d.release(&key(1), 6).is_none(), "second DEL finds nothing");
+    }
+
+    #[test]
+    fn an_unwound_add_gives_its_address_back_without_cooldown() {
+        let mut d = ds_ips();
+        let a = d.assign(&key(1), &PodMeta::default(), 0).expect("assign");
+        let r = d.release_unused(&key(1)).expect("held");
+        assert_eq!(r.ip, a.ip);
+        let s = d.stats(10);
+        assert_eq!((s.assigned, s.cooling, s.available), (0, 0, 4));
+        let again = d.assign(&key(2), &PodMeta::default(), 10).expect("reuse");
+        assert_eq!(again.ip, a.ip, "lowest address free again at once");
+        assert!(
+            d.release_unused(&key(1)).is_none(),
+            "nothing left to release"
+        );
     }
 
     #[test]

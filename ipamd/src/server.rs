@@ -76,7 +76,7 @@ impl<C: Cloud> Ipam for Service<C> {
         let r = req.into_inner();
         check_version(r.client_version)?;
         let k = key(r.key)?;
-        match self.ipamd.del(&k).await {
+        match self.ipamd.del(&k, r.unused).await {
             Ok(Some(a)) => Ok(Response::new(DelReply {
                 ipv4: a.ip.to_string(),
                 route_table: a.route_table,

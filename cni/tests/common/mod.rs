@@ -189,7 +189,9 @@ impl Ipam for Fake {
         let r = r.into_inner();
         let mut s = self.0.lock().expect("script");
         let k = r.key.unwrap_or_default();
-        s.calls.push(format!("del {} {}", k.container_id, k.ifname));
+        let unused = if r.unused { " (unused)" } else { "" };
+        s.calls
+            .push(format!("del {} {}{unused}", k.container_id, k.ifname));
         if let Some((c, m)) = &s.del_error {
             return Err(Status::new(*c, m.clone()));
         }
