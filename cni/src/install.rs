@@ -126,7 +126,9 @@ pub fn install_file(dest: &Path, bytes: &[u8], mode: u32) -> std::io::Result<boo
         f.write_all(bytes)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
-        std::fs::rename(&tmp, dest)
+        std::fs::rename(&tmp, dest)?;
+        // The rename itself survives a crash only once the directory is synced.
+        std::fs::File::open(dir)?.sync_all()
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
