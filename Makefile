@@ -19,7 +19,7 @@ CNI_STATIC := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/cni/vpc-cni
 # Benchmarks register themselves here (bench-cni, bench-ipamd, …) as they are added.
 BENCH_TARGETS := bench-ipamd bench-cni
 
-.PHONY: cni-static all build test fmt-check clippy unit venv peers demo bench bench-ipamd bench-cni deps leftovers clean-sim
+.PHONY: ipamd-release cni-static all build test fmt-check clippy unit venv peers demo bench bench-ipamd bench-cni deps leftovers clean-sim
 
 all: build
 
@@ -66,9 +66,13 @@ else
 endif
 
 # ipamd against vpcsim: EC2 calls to fill a node, ADD-path EC2 calls, peak RSS, datastore ops/s.
-bench-ipamd: deps
+# The ipamd that ships: profile `ipamd` (size-optimised, fat LTO; its code pages are most of its RSS).
+ipamd-release:
+	$(CARGO) build --profile ipamd -p nodewire-ipamd --bin ipamd
+
+bench-ipamd: deps ipamd-release
 	$(CARGO) build --profile perf -p nodewire-ipamd --bin ipamd --example bench
-	$(CARGO_TARGET_DIR)/perf/examples/bench
+	BENCH_IPAMD_BIN=$(CARGO_TARGET_DIR)/ipamd/ipamd $(CARGO_TARGET_DIR)/perf/examples/bench
 
 # vpc-cni (+ ipamd on a vpcsim m5.4xlarge) vs Debian ptp+host-local: ADD/DEL p50/p99 and ratio,
 # 200 pods sequential and 8-way; the stripped vpc-cni size (release build, as shipped).

@@ -3,7 +3,8 @@
 //! * EC2 calls by action to fill a cold m5.large to 27 pods (defaults) and a prefix-delegation
 //!   m5.large to 110 pods, and the time from ipamd's start to the last allocation;
 //! * whether the ADD path calls EC2 (ADD latency with 300 ms of injected EC2 latency);
-//! * ipamd's peak RSS holding 250 allocations (c5.18xlarge);
+//! * ipamd's peak RSS holding 250 allocations (c5.18xlarge), of the build that ships (profile
+//!   `ipamd`, size-optimised: its code pages are most of what is resident);
 //! * datastore assign+release operations per second (in process).
 //!
 //! Upstream aws-node cannot run here (no Go toolchain, no EKS), so the comparison is against the
@@ -32,7 +33,12 @@ const MUTATING: &[&str] = &[
     "DeleteNetworkInterface",
 ];
 
+/// The ipamd under test: BENCH_IPAMD_BIN (`make bench-ipamd` passes the shipped `ipamd`-profile
+/// build), else the one next to this driver.
 fn ipamd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BENCH_IPAMD_BIN") {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().expect("current exe");
     exe.parent()
         .and_then(Path::parent)
@@ -290,6 +296,7 @@ fn datastore_ops() -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
+    println!("ipamd under test: {}", ipamd_bin().display());
     let cold = fill(
         "m5.large",
         &[("NODEWIRE_ADD_WAIT_MS", "20000")],
