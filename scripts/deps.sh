@@ -4,7 +4,7 @@ set -euo pipefail
 pkgs=(protobuf-compiler iproute2 util-linux e2fsprogs python3-venv jq curl procps gcc libc6-dev make nftables iputils-ping)
 missing=()
 for p in "${pkgs[@]}"; do
-  [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
+  [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == *" ok installed" ]] || missing+=("$p")
 done
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

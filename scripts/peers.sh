@@ -18,7 +18,7 @@ pkgs=(containerd runc containernetworking-plugins busybox-static iputils-ping go
       python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
-  [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
+  [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == *" ok installed" ]] || missing+=("$p")
 done
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"

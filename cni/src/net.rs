@@ -328,6 +328,16 @@ pub async fn link_alias(h: &Handle, name: &str) -> Result<Option<(u32, String)>,
     }
 }
 
+fn name_of(attrs: &[LinkAttribute]) -> String {
+    attrs
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 fn alias_of(attrs: &[LinkAttribute]) -> String {
     attrs
         .iter()
@@ -629,9 +639,9 @@ pub async fn teardown_host(h: &Handle, ip: Ipv4Addr) -> Result<usize, NetError> 
     Ok(n)
 }
 
-/// Whose is `ip` on this host: the alias of the link its `/32` route in main points at
-/// (`Some("")` for a link without one), `None` when there is no such route.
-pub async fn route_owner(h: &Handle, ip: Ipv4Addr) -> Result<Option<String>, NetError> {
+/// Whose is `ip` on this host: the name and alias of the link its `/32` route in main points at
+/// (alias "" for a link without one), `None` when there is no such route.
+pub async fn route_owner(h: &Handle, ip: Ipv4Addr) -> Result<Option<(String, String)>, NetError> {
     let oif = routes(h, MAIN_TABLE)
         .await?
         .into_iter()
@@ -640,7 +650,7 @@ pub async fn route_owner(h: &Handle, ip: Ipv4Addr) -> Result<Option<String>, Net
     let Some(oif) = oif else { return Ok(None) };
     let mut s = h.link().get().match_index(oif).execute();
     match s.try_next().await {
-        Ok(Some(l)) => Ok(Some(alias_of(&l.attributes))),
+        Ok(Some(l)) => Ok(Some((name_of(&l.attributes), alias_of(&l.attributes)))),
         Ok(None) => Ok(None),
         Err(e) if is_missing(&e) => Ok(None),
         Err(e) => Err(nl(format!("looking up link {oif}"))(e)),
@@ -699,13 +709,14 @@ pub async fn routes(
 }
 
 /// The pod address on the host veth's /32 route (for a DEL that has neither ipamd nor
-/// prevResult to tell it), only when the veth carries `alias`: a veth of the same name tagged
-/// otherwise serves a newer sandbox of the same pod.
+/// prevResult to tell it), only when the veth carries `alias` (or none: made by a version
+/// before aliases): a veth of the same name tagged otherwise serves a newer sandbox of the same
+/// pod.
 pub async fn ip_via(h: &Handle, veth: &str, alias: &str) -> Result<Option<Ipv4Addr>, NetError> {
     let Some((idx, a)) = link_alias(h, veth).await? else {
         return Ok(None);
     };
-    if a != alias {
+    if a != alias && !a.is_empty() {
         return Ok(None);
     }
     Ok(routes(h, MAIN_TABLE)

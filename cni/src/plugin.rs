@@ -14,7 +14,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scheduler turns ADD gives the ipamd request to leave before the veth is made (see `add`).
 const YIELDS_BEFORE_VETH: usize = 2;
 /// DEL must not hold up pod deletion: past this, ipamd counts as down and DEL tears down locally.
-const DEL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Long enough to cover ipamd's start-up (it binds its socket before it has rebuilt its state, and
+/// answers once it has), so a DEL during an ipamd restart is still recorded by ipamd itself rather
+/// than left to its recovery, which cannot free an address whose veth is still there.
+const DEL_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl From<NetError> for CniError {
     fn from(e: NetError) -> CniError {
@@ -115,10 +118,9 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let reply = match reply {
         Ok(r) => r,
         Err(e) => {
-            // No address: the veth made meanwhile goes (its pod end with it).
-            if veth.is_ok()
-                && let Ok(h) = net::host()
-            {
+            // No address: the veth made meanwhile goes (its pod end with it), also when making
+            // it failed halfway (after the pair was created).
+            if let Ok(h) = net::host() {
                 let _ = net::delete_link(&h, &host_veth).await;
             }
             return Err(e);
@@ -131,11 +133,10 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
                 let _ = net::teardown_host(&host, ip).await;
             }
         }
-        match ipamd_del(conf, &k, env, true).await {
-            Err(DelFailed::Unreachable(m) | DelFailed::Refused(m)) => {
-                tracing::warn!(error = %m, "giving the address back to ipamd failed")
-            }
-            Ok(_) => {}
+        // Unused (no cooldown) only when this ADD got the address: a repeated ADD's may be in
+        // use by the pod the first ADD wired.
+        if let Err(m) = ipamd_del(conf, &k, env, !reply.existing).await {
+            tracing::warn!(error = %m, "giving the address back to ipamd failed")
         }
         why
     };
@@ -188,26 +189,17 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     }
 }
 
-/// Why ipamd's DEL did not go through.
-enum DelFailed {
-    /// Not reached, or no answer in time: DEL falls back to local teardown.
-    Unreachable(String),
-    /// ipamd answered that the release did not happen (it could not record it); it keeps the
-    /// address, so the runtime must retry.
-    Refused(String),
-}
-
 /// `unused`: the address never reached a running pod (ADD's unwind), so ipamd skips its cooldown.
 async fn ipamd_del(
     conf: &NetConf,
     k: &AttachmentKey,
     env: &Env,
     unused: bool,
-) -> Result<Option<Ipv4Addr>, DelFailed> {
+) -> Result<Option<Ipv4Addr>, String> {
     let call = async {
         let mut c = Ipamd::connect(&conf.ipamd_socket, CONNECT_TIMEOUT)
             .await
-            .map_err(|e| DelFailed::Unreachable(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let r = c
             .del(DelRequest {
                 key: Some(k.clone()),
@@ -216,24 +208,17 @@ async fn ipamd_del(
                 unused,
             })
             .await
-            .map_err(|s| {
-                let m = format!("ipamd DEL: {:?}: {}", s.code(), s.message());
-                // Internal: ipamd's checkpoint write failed and it kept the address. Anything
-                // else (version skew, a broken connection) must not block pod deletion.
-                if s.code() == tonic::Code::Internal && !crate::ipam::is_transport(&s) {
-                    DelFailed::Refused(m)
-                } else {
-                    DelFailed::Unreachable(m)
-                }
-            })?;
+            // ipamd itself never fails a DEL; any error here (version skew, a broken
+            // connection) means it could not be asked, and must not block pod deletion.
+            .map_err(|s| format!("ipamd DEL: {:?}: {}", s.code(), s.message()))?;
         Ok(r.ipv4.parse().ok())
     };
     match tokio::time::timeout(DEL_TIMEOUT, call).await {
         Ok(r) => r,
-        Err(_) => Err(DelFailed::Unreachable(format!(
+        Err(_) => Err(format!(
             "no answer from {} within {DEL_TIMEOUT:?}",
             conf.ipamd_socket.display()
-        ))),
+        )),
     }
 }
 
@@ -253,14 +238,7 @@ async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             tracing::info!(ip = ?released, container = %env.container_id, "DEL");
             return Ok(());
         }
-        Err(DelFailed::Refused(m)) => {
-            return Err(CniError::new(
-                Code::TryAgain,
-                format!("ipamd could not release the address: {m}"),
-            )
-            .details("ipamd keeps the address until a DEL succeeds; the runtime retries"));
-        }
-        Err(DelFailed::Unreachable(m)) => m,
+        Err(m) => m,
     };
     let host = net::host()?;
     let host_veth = spec::host_veth_name(&conf.veth_prefix, env);
@@ -273,11 +251,19 @@ async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         tracing::warn!(error = %why, "DEL: ipamd not reached and no address known; nothing to tear down");
         return Ok(());
     };
-    match net::route_owner(&host, ip).await {
-        Ok(Some(owner)) if !owner.is_empty() && owner != alias => {
-            tracing::warn!(%ip, %owner, error = %why, "DEL: ipamd not reached; {ip} now serves another attachment, left alone");
+    // Tear down only what is still this attachment's: its /32 route on its own veth (tagged
+    // with its alias, or untagged by an older version under the same name), or no route left.
+    let owner = match net::route_owner(&host, ip).await {
+        Ok(None) => None,
+        Ok(Some((name, a))) if a == alias || (a.is_empty() && name == host_veth) => None,
+        Ok(Some((name, a))) => Some(format!("{name} ({a})")),
+        Err(e) => Some(format!("unknown: {e}")),
+    };
+    match owner {
+        Some(owner) => {
+            tracing::warn!(%ip, %owner, error = %why, "DEL: ipamd not reached; {ip} is not (provably) this attachment's any more, left alone");
         }
-        _ => match net::teardown_host(&host, ip).await {
+        None => match net::teardown_host(&host, ip).await {
             Ok(n) => {
                 tracing::warn!(%ip, removed = n, error = %why, "DEL: ipamd not reached; host side torn down locally (ipamd frees the address when it restarts)")
             }

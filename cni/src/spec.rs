@@ -117,13 +117,19 @@ impl Env {
     }
 }
 
-/// Linux interface name rules (IFNAMSIZ 16 with the NUL).
+/// Longest container id accepted: the host veth's alias "<id>/<ifname>" must fit the kernel's
+/// IFALIASZ (256 with the NUL). Runtimes use 64 hex characters.
+pub const MAX_CONTAINER_ID: usize = 200;
+
+/// The spec's container id: a letter or digit, then letters, digits, '_', '.', '-'.
 pub fn valid_container_id(id: &str) -> bool {
     let mut c = id.chars();
-    c.next().is_some_and(|f| f.is_ascii_alphanumeric())
+    id.len() <= MAX_CONTAINER_ID
+        && c.next().is_some_and(|f| f.is_ascii_alphanumeric())
         && c.all(|x| x.is_ascii_alphanumeric() || matches!(x, '_' | '.' | '-'))
 }
 
+/// Linux interface name rules (IFNAMSIZ 16 with the NUL).
 pub fn valid_ifname(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 15
@@ -209,7 +215,7 @@ pub fn parse_env(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> 
     if matches!(command, Command::Add | Command::Check) && !valid_container_id(&env.container_id) {
         return Err(invalid_env(format!(
             "CNI_CONTAINERID {:?} is not a valid container id (a letter or digit, then letters, \
-             digits, '_', '.' or '-')",
+             digits, '_', '.' or '-'; at most {MAX_CONTAINER_ID} characters)",
             env.container_id
         )));
     }
@@ -571,6 +577,7 @@ mod tests {
         assert_eq!(e.arg("K8S_POD_NAME"), Some("web-0"));
         assert_eq!(e.arg("K8S_POD_NAMESPACE"), Some("default"));
 
+        let long_id = "a".repeat(MAX_CONTAINER_ID + 1);
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[], "CNI_COMMAND is not set"),
             (&[("CNI_COMMAND", "FROB")], "FROB"),
@@ -603,6 +610,15 @@ mod tests {
                 &[
                     ("CNI_COMMAND", "ADD"),
                     ("CNI_CONTAINERID", "-x/../y"),
+                    ("CNI_NETNS", "/var/run/netns/x"),
+                    ("CNI_IFNAME", "eth0"),
+                ],
+                "not a valid container id",
+            ),
+            (
+                &[
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", &long_id),
                     ("CNI_NETNS", "/var/run/netns/x"),
                     ("CNI_IFNAME", "eth0"),
                 ],

@@ -12,3 +12,12 @@ pub mod api;
 pub mod client;
 pub mod node;
 pub mod sim;
+
+/// The directory of the package whose tests are running, read when they run: a test binary
+/// built from another checkout sharing the same `CARGO_TARGET_DIR` (CI's clean clone) is reused
+/// by cargo as is, so a path baked in with `env!` would point into that checkout.
+pub fn package_dir(compiled_in: &str) -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(compiled_in))
+}

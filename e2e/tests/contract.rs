@@ -26,7 +26,7 @@ impl Moto {
         let bin = std::env::var("MOTO_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|_| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server")
+                e2e::package_dir(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server")
             });
         assert!(
             bin.exists(),

@@ -107,6 +107,9 @@ struct State {
     /// CIDRs and ENIs ipamd changed itself, and when (the resync leaves them alone for a while).
     recent: HashMap<String, Instant>,
     last_decrease: Option<Instant>,
+    /// The pool has had a free address at least once: from then on, a pool that is empty but
+    /// growing still counts as ready (ADDs wait for it), so a busy node does not flap NotReady.
+    has_served: bool,
 }
 
 pub struct Ipamd<C: Cloud> {
@@ -203,6 +206,7 @@ impl<C: Cloud> Ipamd<C> {
             backoff_exhausted: false,
             recent: HashMap::new(),
             last_decrease: None,
+            has_served: false,
         };
         let me = Arc::new(Ipamd {
             host,
@@ -296,6 +300,7 @@ impl<C: Cloud> Ipamd<C> {
         let mut st = self.state.lock().await;
         if let Some(cp) = cp {
             let mut dropped = 0;
+            let mut not_here = Vec::new();
             for a in &cp.allocations {
                 let Some(ip) = a.ipv4 else { continue };
                 if !st
@@ -303,6 +308,22 @@ impl<C: Cloud> Ipamd<C> {
                     .restore(&a.key, &a.metadata, ip, a.allocated_ns / 1_000_000)
                 {
                     dropped += 1;
+                    not_here.push(ip);
+                }
+            }
+            // Addresses no longer on the node (unassigned while ipamd was down): their pods'
+            // rules and routes can only mislead, unless another restored allocation holds the
+            // address (a duplicate in the file).
+            if let Some(h) = &self.host {
+                let held: std::collections::HashSet<Ipv4Addr> = st
+                    .ds
+                    .allocations()
+                    .into_iter()
+                    .map(|(.., ip, _)| ip)
+                    .collect();
+                for ip in not_here.into_iter().filter(|ip| !held.contains(ip)) {
+                    let pruned = h.prune_pod(ip).await?;
+                    tracing::info!(%ip, pruned, "checkpointed address no longer on the node: dropped");
                 }
             }
             for c in &cp.cooldowns {
@@ -400,6 +421,7 @@ impl<C: Cloud> Ipamd<C> {
                 let mut st = self.state.lock().await;
                 match st.ds.assign(key, meta, now_ms()) {
                     Ok(a) => {
+                        st.has_served = true;
                         if !a.existing
                             && let Err(e) = self.persist(&st.ds)
                         {
@@ -445,12 +467,9 @@ impl<C: Cloud> Ipamd<C> {
 
     /// DEL: removes the pod's host rules and route, then releases its address into cooldown
     /// (none when `unused`: vpc-cni unwound the ADD, so nothing can point at the address).
-    /// Unknown keys are fine.
-    pub async fn del(
-        &self,
-        key: &Key,
-        unused: bool,
-    ) -> Result<Option<Assignment>, checkpoint::Error> {
+    /// Unknown keys are fine, and so is a checkpoint write that fails (see below): DEL never
+    /// fails.
+    pub async fn del(&self, key: &Key, unused: bool) -> Option<Assignment> {
         // Upstream's reasons for awscni_del_ip_req_count.
         self.counters.del(if unused {
             "SetupNSFailed"
@@ -458,9 +477,8 @@ impl<C: Cloud> Ipamd<C> {
             "PodDeleted"
         });
         let mut st = self.state.lock().await;
-        let held = st.ds.held(key);
-        if let Some((ip, ..)) = &held {
-            self.prune_held(*ip, "DEL").await;
+        if let Some((ip, ..)) = st.ds.held(key) {
+            self.prune_held(ip, "DEL").await;
         }
         let r = if unused {
             st.ds.release_unused(key)
@@ -468,17 +486,16 @@ impl<C: Cloud> Ipamd<C> {
             st.ds.release(key, now_ms())
         };
         if r.is_some() {
+            // A DEL must not block pod deletion, so a failed write does not undo the release:
+            // the next successful write (every write is the whole datastore) records it, and if
+            // ipamd dies first, restart recovery releases the pod anyway (its veth is gone).
             if let Err(e) = self.persist(&st.ds) {
-                // Unwind: the release is not durable, so it did not happen (the CNI retries).
-                if let Some((ip, meta, since)) = held {
-                    st.ds.restore(key, &meta, ip, since);
-                }
-                return Err(e);
+                tracing::warn!(error = %e, "DEL: checkpoint write failed; the release is recorded with the next write");
             }
             drop(st);
             self.wake.notify_one();
         }
-        Ok(r)
+        r
     }
 
     /// GC: removes the host rules and routes of every allocation of `network` not in `valid`
@@ -524,20 +541,29 @@ impl<C: Cloud> Ipamd<C> {
 
     /// Whether an ADD can be served now (a free address exists), and why not.
     pub async fn status(&self) -> (bool, String) {
-        let st = self.state.lock().await;
+        let mut st = self.state.lock().await;
         let s = st.ds.stats(now_ms());
         if s.available > 0 {
+            st.has_served = true;
             return (true, format!("{} addresses free", s.available));
         }
-        // Not ready while the pool is still filling (a node's first seconds): an ADD now would
-        // wait or fail, and the installer must not mark the node network-ready yet (upstream #330).
+        // Not ready while the pool is still filling for the first time (a node's first seconds):
+        // an ADD now would wait or fail, and the installer must not mark the node network-ready
+        // yet (upstream #330). Later, an empty pool that is growing is a busy node, not a broken
+        // one: ADDs wait for the growth, and saying not ready would flap the node.
         match self.cannot_grow(&st) {
             Some(why) => (false, why),
             None => (
-                false,
+                st.has_served,
                 format!(
-                    "no free address yet: the pool is growing ({} assigned, {} in cooldown)",
-                    s.assigned, s.cooling
+                    "no free address right now: the pool is growing ({} assigned, {} in cooldown){}",
+                    s.assigned,
+                    s.cooling,
+                    if st.has_served {
+                        "; an ADD waits for it"
+                    } else {
+                        ""
+                    }
                 ),
             ),
         }

@@ -65,6 +65,7 @@ impl<C: Cloud> Ipam for Service<C> {
                 external_snat: self.ipamd.cfg.external_snat,
                 mtu: self.ipamd.cfg.eni_mtu,
                 from_prefix: self.ipamd.limits.per_slot == 16,
+                existing: a.existing,
             })),
             Err(e @ AddError::Exhausted(_)) => Err(Status::resource_exhausted(e.to_string())),
             Err(e @ AddError::Timeout(_)) => Err(Status::unavailable(e.to_string())),
@@ -76,13 +77,17 @@ impl<C: Cloud> Ipam for Service<C> {
         let r = req.into_inner();
         check_version(r.client_version)?;
         let k = key(r.key)?;
-        match self.ipamd.del(&k, r.unused).await {
+        // On a task of its own: a client that gives up (its timeout, its process exiting) must
+        // not cancel a release halfway.
+        let ipamd = self.ipamd.clone();
+        let done = tokio::spawn(async move { ipamd.del(&k, r.unused).await });
+        match done.await {
             Ok(Some(a)) => Ok(Response::new(DelReply {
                 ipv4: a.ip.to_string(),
                 route_table: a.route_table,
             })),
             Ok(None) => Ok(Response::new(DelReply::default())),
-            Err(e) => Err(Status::internal(e.to_string())),
+            Err(e) => Err(Status::internal(format!("DEL task failed: {e}"))),
         }
     }
 

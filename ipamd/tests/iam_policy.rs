@@ -69,7 +69,7 @@ fn policy_actions(path: &Path) -> BTreeSet<String> {
 
 #[test]
 fn the_node_policy_lists_exactly_the_ec2_actions_ipamd_calls() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = e2e::package_dir(env!("CARGO_MANIFEST_DIR"));
     let code = called(&root.join("src"));
     assert!(
         code.contains("ec2:CreateNetworkInterface") && code.len() >= 8,

@@ -119,15 +119,50 @@ async fn m5_large_defaults_fill_to_27_pods_then_fail_fast_and_shrink_back() {
         .into_inner();
     assert!(st.ready, "{st:?}");
 
-    // 27 pods fit (3 ENIs × 9), packed, all distinct.
+    // Once it has served, an empty pool that is growing stays ready (ADDs wait): the second ENI
+    // is slow to come, and the primary's 9 addresses are taken meanwhile.
+    admin
+        .set_fault(
+            "CreateNetworkInterface",
+            e2e::api::Fault {
+                error_rate: 0.0,
+                error_code: String::new(),
+                latency_ms: 2000,
+            },
+        )
+        .await
+        .expect("faults");
     let mut ips = BTreeSet::new();
+    for n in 0..9 {
+        let r = c.add(add(n)).await.expect("add").into_inner();
+        ips.insert(r.ipv4);
+    }
+    let st = c
+        .status(StatusRequest {
+            client_version: IPAM_PROTOCOL_VERSION,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(
+        st.ready && st.reason.contains("growing"),
+        "a busy node stays ready: {st:?}"
+    );
+    admin.clear_faults().await.expect("clear faults");
+
+    // 27 pods fit (3 ENIs × 9), packed, all distinct.
     for n in 0..27 {
         let r = c
             .add(add(n))
             .await
             .unwrap_or_else(|e| panic!("add {n}: {e}"))
             .into_inner();
-        assert!(ips.insert(r.ipv4.clone()), "{} handed out twice", r.ipv4);
+        // The first 9 were added above: a repeated ADD answers the same address.
+        assert!(
+            ips.insert(r.ipv4.clone()) == (n >= 9),
+            "{} handed out twice",
+            r.ipv4
+        );
         assert_eq!(
             (r.route_table, r.device_number),
             if n < 9 {
@@ -378,6 +413,30 @@ async fn kill_9_during_a_burst_loses_nothing_and_keeps_cooldowns() {
         sh(&["rule", "add", "from", ip, "lookup", "2", "priority", "1536"]);
     }
     released.insert(gone_ip.clone());
+    // Pod 6's address is unassigned behind ipamd's back while it is down: its allocation is
+    // dropped on restart and its rules pruned, although its veth is still there.
+    let lost_ip = held.remove(&6).expect("pod 6 held");
+    let lost_eni = {
+        let s = sim.shared.sim();
+        s.enis
+            .values()
+            .find(|e| {
+                e.attached_to(&node.instance_id)
+                    && e.private_ips.iter().any(|i| i.to_string() == lost_ip)
+            })
+            .map(|e| e.id.clone())
+            .expect("the ENI holding pod 6's address")
+    };
+    nodewire_aws::ec2::client_for_endpoint(&sim.info.ec2_endpoint_local, "us-east-1", 1)
+        .unassign_private_ip_addresses()
+        .network_interface_id(&lost_eni)
+        .private_ip_addresses(&lost_ip)
+        .send()
+        .await
+        .expect("unassign behind its back");
+    sh(&[
+        "rule", "add", "to", &lost_ip, "lookup", "main", "priority", "512",
+    ]);
 
     let ipamd = Ipamd::start(&node, dir.path(), &env);
     let mut c = ipamd.client().await;
@@ -399,6 +458,10 @@ async fn kill_9_during_a_burst_loses_nothing_and_keeps_cooldowns() {
         !rules.contains(&format!("{gone_ip} ")) && !rules.contains(&format!("{gone_ip}\n")),
         "gone pod's rules pruned:\n{rules}\nipamd log:\n{}",
         std::fs::read_to_string(&ipamd.log).unwrap_or_default()
+    );
+    assert!(
+        !rules.contains(&format!("{lost_ip} ")) && !rules.contains(&format!("{lost_ip}\n")),
+        "rules of an address no longer on the node pruned:\n{rules}"
     );
     let secondary = sim
         .shared

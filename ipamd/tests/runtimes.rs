@@ -18,7 +18,7 @@ use std::time::Duration;
 mod harness;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    e2e::package_dir(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace")
         .to_path_buf()

@@ -183,6 +183,7 @@ impl Ipam for Fake {
             external_snat: false,
             mtu: 9001,
             from_prefix: false,
+            existing: false,
         }))
     }
     async fn del(&self, r: Request<DelRequest>) -> Result<Response<DelReply>, Status> {
