@@ -1,18 +1,206 @@
-//! ebs-csi: the EBS CSI driver (controller / node / all).
-//!
-//! Owns: the CSI gRPC services, EBS volume lifecycle through EC2, and node-side format/mount.
-//! Must not touch: node networking.
-//!
-//! This build is the workspace foundation: it reports its version; the driver arrives with the
-//! ebs-csi issue.
+//! `ebs-csi`: the binary — flags, logging, metrics endpoint, and the gRPC server on the CSI
+//! unix socket.
 
-use clap::Parser;
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use ebs_csi::cloud::{Ec2, Metrics};
+use ebs_csi::controller::{ControllerService, Waits};
+use ebs_csi::identity::IdentityService;
+use ebs_csi::node::{NodeConfig, NodeService};
+use nodewire_aws::imds::Imds;
+use nodewire_proto::csi::controller_server::ControllerServer;
+use nodewire_proto::csi::identity_server::IdentityServer;
+use nodewire_proto::csi::node_server::NodeServer;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Controller service only (the Deployment with the external sidecars).
+    Controller,
+    /// Node service only (the DaemonSet on every node).
+    Node,
+    /// Both (one process per node, or a laptop).
+    All,
+}
 
 #[derive(Parser)]
-#[command(name = "ebs-csi", version, about = "nodewire EBS CSI driver")]
-struct Cli {}
+#[command(name = "ebs-csi", version, about = "nodewire EBS CSI driver (CSI 1.11)")]
+struct Cli {
+    /// Which CSI services to serve.
+    #[arg(long, value_enum, default_value = "all", env = "CSI_MODE")]
+    mode: Mode,
+    /// CSI endpoint: unix:///path/to/csi.sock (a stale socket is replaced).
+    #[arg(long, default_value = "unix:///var/lib/csi/sockets/pluginproxy/csi.sock", env = "CSI_ENDPOINT")]
+    endpoint: String,
+    /// Driver name (CSIDriver object, PVs). `ebs.csi.aws.com` takes over upstream's PVs.
+    #[arg(long, default_value = ebs_csi::DEFAULT_DRIVER_NAME)]
+    driver_name: String,
+    /// Prometheus metrics (EC2 calls) at http://<addr>/metrics; empty disables.
+    #[arg(long, default_value = "")]
+    http_endpoint: String,
+    /// Region for EC2 (controller); default: AWS_REGION, else the instance's region from IMDS.
+    #[arg(long, env = "AWS_REGION")]
+    region: Option<String>,
+    /// IMDS endpoint override (default http://169.254.169.254 or AWS_EC2_METADATA_SERVICE_ENDPOINT).
+    #[arg(long)]
+    imds_endpoint: Option<String>,
+    /// Directory holding device nodes and disk/by-id (node).
+    #[arg(long, default_value = "/dev")]
+    dev_root: PathBuf,
+    /// Read a device's serial from <dir>/<kernel name> instead of /sys/block/<name>/device/serial.
+    #[arg(long)]
+    serial_dir: Option<PathBuf>,
+    /// Staging and target paths must be under this directory (node).
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    kubelet_root: PathBuf,
+    /// Volumes per node, overriding the instance-type table (node).
+    #[arg(long)]
+    volume_attach_limit: Option<u32>,
+    /// Attachments reserved for non-CSI volumes, instead of counting IMDS's boot mappings + root.
+    #[arg(long)]
+    reserved_volume_attachments: Option<u32>,
+    /// Seconds NodeStage waits for an attached volume's device to appear.
+    #[arg(long, default_value_t = 30)]
+    device_wait_seconds: u64,
+    /// Seconds to wait for EC2 attach/detach/modify before the RPC returns and the CO retries.
+    #[arg(long, default_value_t = 90)]
+    ec2_wait_seconds: u64,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _ = Cli::parse();
-    anyhow::bail!("ebs-csi: the driver is not part of this build yet")
+fn socket_path(endpoint: &str) -> Result<PathBuf> {
+    match endpoint.strip_prefix("unix://") {
+        Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
+        _ => bail!("--endpoint {endpoint:?}: expected unix:///absolute/path"),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        sub.json().init()
+    } else {
+        sub.init()
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let sock = socket_path(&cli.endpoint)?;
+    let registry = prometheus::Registry::new();
+    let controller = matches!(cli.mode, Mode::Controller | Mode::All);
+    let node = matches!(cli.mode, Mode::Node | Mode::All);
+    let imds = Imds::new(cli.imds_endpoint.as_deref()).context("IMDS client")?;
+    let ec2 = if controller {
+        let region = match cli.region.clone() {
+            Some(r) => r,
+            None => imds
+                .get("placement/region")
+                .await
+                .context("region from IMDS (set AWS_REGION or --region off EC2)")?
+                .context("IMDS has no placement/region")?,
+        };
+        let client = nodewire_aws::ec2::client_from_env(Some(region)).await;
+        Some(Ec2::new(client, Metrics::new(&registry)))
+    } else {
+        None
+    };
+    let wait = Duration::from_secs(cli.ec2_wait_seconds);
+    let mut router = tonic::transport::Server::builder().add_service(IdentityServer::new(
+        IdentityService::new(cli.driver_name.clone(), ec2.clone(), controller),
+    ));
+    if let Some(ec2) = ec2 {
+        let waits = Waits {
+            attach: wait,
+            detach: wait,
+            modify: wait,
+            ..Waits::default()
+        };
+        router = router.add_service(ControllerServer::new(ControllerService::new(ec2, waits)));
+    }
+    if node {
+        let cfg = NodeConfig {
+            dev_root: cli.dev_root.clone(),
+            serial_dir: cli.serial_dir.clone(),
+            kubelet_root: cli.kubelet_root.clone(),
+            device_wait: Duration::from_secs(cli.device_wait_seconds),
+            volume_attach_limit: cli.volume_attach_limit,
+            reserved_attachments: cli.reserved_volume_attachments,
+        };
+        let n = NodeService::new(cfg, imds.clone())
+            .await
+            .context("node identity from IMDS")?;
+        tracing::info!(instance = %n.instance_id, az = %n.az, instance_type = %n.instance_type, "node");
+        router = router.add_service(NodeServer::new(n));
+    }
+    if !cli.http_endpoint.is_empty() {
+        let addr: std::net::SocketAddr = cli
+            .http_endpoint
+            .parse()
+            .with_context(|| format!("--http-endpoint {:?}", cli.http_endpoint))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let reg = registry.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let reg = reg.clone();
+                async move {
+                    let mut buf = String::new();
+                    let enc = prometheus::TextEncoder::new();
+                    let _ = enc.encode_utf8(&reg.gather(), &mut buf);
+                    buf
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    if let Some(dir) = sock.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(&sock) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing stale {}", sock.display()));
+        }
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("binding {}", sock.display()))?;
+    tracing::info!(endpoint = %cli.endpoint, mode = ?cli.mode, driver = %cli.driver_name, "serving CSI");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler at start-up");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("shutting down: finishing in-flight calls");
+    };
+    router
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("gRPC server")?;
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Protobuf contracts and their generated gRPC code (tonic 0.14 / prost).
 //!
-//! Owns: `ipam.proto`, the ipamd <-> vpc-cni contract. The CSI specification's `csi.proto`
-//! joins it with the EBS CSI driver.
+//! Owns: `ipam.proto`, the ipamd <-> vpc-cni contract, and (feature `csi`) the CSI
+//! specification's `csi.proto`, written from the specification, for the EBS CSI driver.
 //!
 //! Must not touch: any behaviour. Only generated types, service stubs and the few shared names
 //! of the contract live here, so every binary links the same wire format.
@@ -19,6 +19,12 @@ pub fn veth_alias(container_id: &str, ifname: &str) -> String {
 /// ipamd <-> vpc-cni.
 pub mod ipam {
     tonic::include_proto!("nodewire.ipam.v1");
+}
+
+/// The Container Storage Interface (`csi.v1`), feature `csi`.
+#[cfg(feature = "csi")]
+pub mod csi {
+    tonic::include_proto!("csi.v1");
 }
 
 #[cfg(test)]

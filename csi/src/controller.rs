@@ -1,0 +1,812 @@
+//! The CSI Controller service: volumes, attachments and snapshots through EC2.
+//!
+//! Required-argument and not-found rules follow the CSI spec per RPC; concurrent calls for the
+//! same volume, name or snapshot answer `ABORTED` (the CO retries).
+
+use crate::cloud::{CloudError, Ec2, Volume};
+use crate::devices;
+use crate::params::{self, GIB, Invalid, TAG_CLUSTER, TAG_SNAPSHOT_NAME};
+use crate::{Inflight, access_of, check_caps};
+use nodewire_proto::csi::controller_server::Controller;
+use nodewire_proto::csi::*;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+pub const TOPOLOGY_KEYS: &[&str] = &["topology.kubernetes.io/zone", "topology.ebs.csi.aws.com/zone"];
+
+/// How long EC2 state transitions are waited for before the RPC gives up (the CO retries).
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    pub create: Duration,
+    pub attach: Duration,
+    pub detach: Duration,
+    pub modify: Duration,
+    /// First poll interval; grows ×1.5 up to 2 s.
+    pub first_poll: Duration,
+}
+
+impl Default for Waits {
+    fn default() -> Waits {
+        Waits {
+            create: Duration::from_secs(60),
+            attach: Duration::from_secs(90),
+            detach: Duration::from_secs(90),
+            modify: Duration::from_secs(120),
+            first_poll: Duration::from_millis(100),
+        }
+    }
+}
+
+pub struct ControllerService {
+    pub ec2: Ec2,
+    pub waits: Waits,
+    inflight: Inflight,
+    /// Device names chosen but not yet visible in DescribeInstances, per instance.
+    reserved: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Names EC2 said were in use although DescribeInstances did not show them.
+    likely_bad: Mutex<HashMap<String, BTreeSet<String>>>,
+}
+
+fn cloud(e: CloudError) -> Status {
+    if e.is_throttle() {
+        Status::unavailable(e.to_string())
+    } else {
+        Status::internal(e.to_string())
+    }
+}
+
+fn bad_param(e: Invalid) -> Status {
+    if e.out_of_range {
+        Status::out_of_range(e.to_string())
+    } else {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+/// EC2 ClientToken for a CSI volume name (≤ 64 characters, stable across retries).
+pub fn client_token(name: &str, attempt: u32) -> String {
+    let input = if attempt == 0 {
+        name.to_string()
+    } else {
+        format!("{name}-{}", attempt + 1)
+    };
+    Sha256::digest(input.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The zone to create in: preferred first, then requisite; `None` = any.
+pub fn zone_of(req: Option<&TopologyRequirement>) -> Option<String> {
+    let r = req?;
+    r.preferred
+        .iter()
+        .chain(r.requisite.iter())
+        .find_map(|t| TOPOLOGY_KEYS.iter().find_map(|k| t.segments.get(*k).cloned()))
+}
+
+fn topology(az: &str) -> Topology {
+    Topology {
+        segments: TOPOLOGY_KEYS
+            .iter()
+            .map(|k| (k.to_string(), az.to_string()))
+            .collect(),
+    }
+}
+
+fn csi_volume(v: &Volume, ctx: HashMap<String, String>) -> nodewire_proto::csi::Volume {
+    nodewire_proto::csi::Volume {
+        capacity_bytes: v.size_gib * GIB,
+        volume_id: v.id.clone(),
+        volume_context: ctx,
+        content_source: v.snapshot_id.as_ref().map(|s| VolumeContentSource {
+            r#type: Some(volume_content_source::Type::Snapshot(
+                volume_content_source::SnapshotSource {
+                    snapshot_id: s.clone(),
+                },
+            )),
+        }),
+        accessible_topology: vec![topology(&v.az)],
+    }
+}
+
+fn csi_snapshot(s: &crate::cloud::Snapshot) -> nodewire_proto::csi::Snapshot {
+    nodewire_proto::csi::Snapshot {
+        size_bytes: s.size_gib * GIB,
+        snapshot_id: s.id.clone(),
+        source_volume_id: s.volume_id.clone(),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: s.start_secs,
+            nanos: 0,
+        }),
+        ready_to_use: s.state == "completed",
+        group_snapshot_id: String::new(),
+    }
+}
+
+impl ControllerService {
+    pub fn new(ec2: Ec2, waits: Waits) -> ControllerService {
+        ControllerService {
+            ec2,
+            waits,
+            inflight: Inflight::default(),
+            reserved: Mutex::default(),
+            likely_bad: Mutex::default(),
+        }
+    }
+
+    /// Polls `probe` with backoff until it yields, or `limit` passes.
+    async fn wait_for<T, F, Fut>(&self, what: &str, limit: Duration, mut probe: F) -> Result<T, Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, Status>>,
+    {
+        let deadline = Instant::now() + limit;
+        let mut pause = self.waits.first_poll;
+        loop {
+            if let Some(v) = probe().await? {
+                return Ok(v);
+            }
+            if Instant::now() + pause > deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "{what} did not happen within {limit:?}; retry"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause.mul_f32(1.5)).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn wait_volume(&self, id: &str, limit: Duration, ok: impl Fn(&Volume) -> bool) -> Result<Volume, Status> {
+        self.wait_for(&format!("volume {id}"), limit, || async {
+            match self.ec2.volume(id).await.map_err(cloud)? {
+                None => Err(Status::not_found(format!("volume {id} vanished"))),
+                Some(v) if v.state == "error" => {
+                    Err(Status::internal(format!("volume {id} is in state error")))
+                }
+                Some(v) => Ok(ok(&v).then_some(v)),
+            }
+        })
+        .await
+    }
+
+    fn reserve(&self, instance: &str, in_use: &BTreeSet<String>) -> Option<String> {
+        let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let bad = self
+            .likely_bad
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(instance)
+            .cloned()
+            .unwrap_or_default();
+        let mine = r.entry(instance.to_string()).or_default();
+        let name = devices::next_name(in_use, mine, &bad)?;
+        mine.insert(name.clone());
+        Some(name)
+    }
+
+    fn unreserve(&self, instance: &str, name: &str) {
+        let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = r.get_mut(instance) {
+            s.remove(name);
+        }
+    }
+
+    fn mark_bad(&self, instance: &str, name: &str) {
+        self.likely_bad
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(instance.to_string())
+            .or_default()
+            .insert(name.to_string());
+    }
+
+    async fn attached_device(&self, id: &str, instance: &str) -> Result<String, Status> {
+        let v = self
+            .wait_volume(id, self.waits.attach, |v| {
+                v.attachments
+                    .iter()
+                    .any(|(i, _, s)| i == instance && s == "attached")
+            })
+            .await?;
+        Ok(v.attachments
+            .iter()
+            .find(|(i, ..)| i == instance)
+            .map(|(_, d, _)| d.clone())
+            .unwrap_or_default())
+    }
+
+    async fn publish(&self, id: &str, instance: &str) -> Result<String, Status> {
+        let Some(v) = self.ec2.volume(id).await.map_err(cloud)? else {
+            return Err(Status::not_found(format!("volume {id} does not exist")));
+        };
+        if v.attachments.iter().any(|(i, ..)| i == instance) {
+            // Already attached or attaching here: idempotent.
+            return self.attached_device(id, instance).await;
+        }
+        if let Some((other, ..)) = v.attachments.iter().find(|(i, ..)| i != instance) {
+            return Err(Status::failed_precondition(format!(
+                "volume {id} is attached to {other}; unpublish it there first"
+            )));
+        }
+        let Some(mapped) = self.ec2.instance_devices(instance).await.map_err(cloud)? else {
+            return Err(Status::not_found(format!("node {instance} does not exist")));
+        };
+        let in_use: BTreeSet<String> = mapped.keys().cloned().collect();
+        for _ in 0..3 {
+            let Some(name) = self.reserve(instance, &in_use) else {
+                return Err(Status::resource_exhausted(format!(
+                    "no device name left on {instance}"
+                )));
+            };
+            let r = self.ec2.attach(id, instance, &name).await;
+            match r {
+                Ok(()) => {
+                    let dev = self.attached_device(id, instance).await;
+                    self.unreserve(instance, &name);
+                    return dev;
+                }
+                Err(e) => {
+                    self.unreserve(instance, &name);
+                    match e.code.as_str() {
+                        "AttachmentLimitExceeded" => {
+                            return Err(Status::resource_exhausted(format!(
+                                "{instance} cannot take another volume: {}",
+                                e.message
+                            )));
+                        }
+                        "VolumeInUse" => {
+                            return Err(Status::failed_precondition(e.to_string()));
+                        }
+                        "InvalidParameterValue" if e.message.contains("already in use") => {
+                            self.mark_bad(instance, &name);
+                            continue;
+                        }
+                        _ if e.is_not_found() => return Err(Status::not_found(e.to_string())),
+                        _ => return Err(cloud(e)),
+                    }
+                }
+            }
+        }
+        Err(Status::unavailable(format!(
+            "device names on {instance} kept colliding; retry"
+        )))
+    }
+}
+
+fn need(v: &str, what: &str) -> Result<(), Status> {
+    if v.is_empty() {
+        Err(Status::invalid_argument(format!("{what} is required")))
+    } else {
+        Ok(())
+    }
+}
+
+fn map(m: &HashMap<String, String>) -> BTreeMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.name, "name")?;
+        check_caps(&r.volume_capabilities)?;
+        let access = access_of(&r.volume_capabilities);
+        let cap_fs = r
+            .volume_capabilities
+            .iter()
+            .find_map(|c| match &c.access_type {
+                Some(volume_capability::AccessType::Mount(m)) if !m.fs_type.is_empty() => {
+                    Some(m.fs_type.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        let (required, limit) = r
+            .capacity_range
+            .as_ref()
+            .map_or((0, 0), |c| (c.required_bytes, c.limit_bytes));
+        let mut size = params::size_gib(required, limit).map_err(|e| {
+            if required < 0 || limit < 0 {
+                Status::invalid_argument(e)
+            } else {
+                Status::out_of_range(e)
+            }
+        })?;
+        let snapshot = match r.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
+            None => None,
+            Some(volume_content_source::Type::Snapshot(s)) => {
+                need(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?;
+                let Some(snap) = self.ec2.snapshot(&s.snapshot_id).await.map_err(cloud)? else {
+                    return Err(Status::not_found(format!(
+                        "snapshot {} does not exist",
+                        s.snapshot_id
+                    )));
+                };
+                if r.capacity_range.is_none() {
+                    size = snap.size_gib;
+                } else if snap.size_gib > size {
+                    return Err(Status::out_of_range(format!(
+                        "the snapshot is {} GiB, more than the {size} GiB requested",
+                        snap.size_gib
+                    )));
+                }
+                Some(snap.id)
+            }
+            Some(volume_content_source::Type::Volume(_)) => {
+                return Err(Status::invalid_argument(
+                    "cloning from a volume is not supported (CLONE_VOLUME is not advertised); use a snapshot",
+                ));
+            }
+        };
+        let spec = params::volume_spec(&r.name, size, &map(&r.parameters), &cap_fs, access)
+            .map_err(bad_param)?;
+        let _g = self.inflight.enter(&format!("create/{}", r.name))?;
+        let az = match zone_of(r.accessibility_requirements.as_ref()) {
+            Some(z) => z,
+            None => self.ec2.first_zone().await.map_err(cloud)?,
+        };
+        let mut created = None;
+        for attempt in 0..5 {
+            match self
+                .ec2
+                .create_volume(&spec, &az, snapshot.as_deref(), &client_token(&r.name, attempt))
+                .await
+            {
+                Ok(v) => {
+                    created = Some(v);
+                    break;
+                }
+                Err(e) if e.code == "IdempotentParameterMismatch" => {
+                    return Err(Status::already_exists(format!(
+                        "a volume named {} exists with other parameters",
+                        r.name
+                    )));
+                }
+                // The token names a volume deleted since: a new token for a new volume.
+                Err(e) if e.is_not_found() && e.code.starts_with("InvalidVolume") => continue,
+                Err(e) if e.is_not_found() => return Err(Status::not_found(e.to_string())),
+                Err(e)
+                    if e.code.starts_with("InvalidParameter")
+                        || e.code == "MissingParameter" =>
+                {
+                    return Err(Status::invalid_argument(e.to_string()));
+                }
+                Err(e) => return Err(cloud(e)),
+            }
+        }
+        let Some(v) = created else {
+            return Err(Status::internal(format!(
+                "could not create a volume named {}",
+                r.name
+            )));
+        };
+        let v = if v.state == "available" {
+            v
+        } else {
+            self.wait_volume(&v.id, self.waits.create, |v| {
+                v.state == "available" || v.state == "in-use"
+            })
+            .await?
+        };
+        tracing::info!(volume = %v.id, name = %r.name, size_gib = v.size_gib, az = %v.az, "CreateVolume");
+        let ctx = spec.format.to_context().into_iter().collect();
+        Ok(Response::new(CreateVolumeResponse {
+            volume: Some(csi_volume(&v, ctx)),
+        }))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.volume_id, "volume_id")?;
+        let _g = self.inflight.enter(&r.volume_id)?;
+        match self.ec2.delete_volume(&r.volume_id).await {
+            Ok(()) => {
+                tracing::info!(volume = %r.volume_id, "DeleteVolume");
+                Ok(Response::new(DeleteVolumeResponse {}))
+            }
+            Err(e) if e.is_not_found() => Ok(Response::new(DeleteVolumeResponse {})),
+            Err(e) if e.code == "VolumeInUse" => Err(Status::failed_precondition(format!(
+                "volume {} is still attached: {}",
+                r.volume_id, e.message
+            ))),
+            Err(e) => Err(cloud(e)),
+        }
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        request: Request<ControllerPublishVolumeRequest>,
+    ) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.volume_id, "volume_id")?;
+        need(&r.node_id, "node_id")?;
+        let Some(cap) = r.volume_capability.as_ref() else {
+            return Err(Status::invalid_argument("volume_capability is required"));
+        };
+        check_caps(std::slice::from_ref(cap))?;
+        let _g = self.inflight.enter(&format!("{}/{}", r.volume_id, r.node_id))?;
+        let device = self.publish(&r.volume_id, &r.node_id).await?;
+        tracing::info!(volume = %r.volume_id, node = %r.node_id, %device, "ControllerPublishVolume");
+        Ok(Response::new(ControllerPublishVolumeResponse {
+            publish_context: [("devicePath".to_string(), device)].into_iter().collect(),
+        }))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        request: Request<ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.volume_id, "volume_id")?;
+        let _g = self.inflight.enter(&format!("{}/{}", r.volume_id, r.node_id))?;
+        let Some(v) = self.ec2.volume(&r.volume_id).await.map_err(cloud)? else {
+            // The spec: a volume that does not exist is unpublished.
+            return Ok(Response::new(ControllerUnpublishVolumeResponse {}));
+        };
+        let nodes: Vec<String> = v
+            .attachments
+            .iter()
+            .map(|(i, ..)| i.clone())
+            .filter(|i| r.node_id.is_empty() || *i == r.node_id)
+            .collect();
+        for node in &nodes {
+            match self.ec2.detach(&r.volume_id, node).await {
+                Ok(()) => {}
+                Err(e)
+                    if e.is_not_found()
+                        || e.code == "IncorrectState"
+                        || e.code == "InvalidAttachment.NotFound" => {}
+                Err(e) => return Err(cloud(e)),
+            }
+        }
+        if !nodes.is_empty() {
+            let id = r.volume_id.clone();
+            self.wait_for(&format!("detach of {id}"), self.waits.detach, || async {
+                match self.ec2.volume(&id).await.map_err(cloud)? {
+                    None => Ok(Some(())),
+                    Some(v) => Ok((!v.attachments.iter().any(|(i, ..)| nodes.contains(i)))
+                        .then_some(())),
+                }
+            })
+            .await?;
+            tracing::info!(volume = %r.volume_id, node = %r.node_id, "ControllerUnpublishVolume");
+        }
+        Ok(Response::new(ControllerUnpublishVolumeResponse {}))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.volume_id, "volume_id")?;
+        if r.volume_capabilities.is_empty() {
+            return Err(Status::invalid_argument("volume_capabilities is required"));
+        }
+        if self.ec2.volume(&r.volume_id).await.map_err(cloud)?.is_none() {
+            return Err(Status::not_found(format!(
+                "volume {} does not exist",
+                r.volume_id
+            )));
+        }
+        let ok = check_caps(&r.volume_capabilities);
+        Ok(Response::new(ValidateVolumeCapabilitiesResponse {
+            confirmed: ok.is_ok().then(|| validate_volume_capabilities_response::Confirmed {
+                volume_context: r.volume_context.clone(),
+                volume_capabilities: r.volume_capabilities.clone(),
+                parameters: r.parameters.clone(),
+                mutable_parameters: r.mutable_parameters.clone(),
+            }),
+            message: ok.err().map(|s| s.message().to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn list_volumes(
+        &self,
+        _request: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        Err(Status::unimplemented("ListVolumes is not offered (LIST_VOLUMES is not advertised)"))
+    }
+
+    async fn get_capacity(
+        &self,
+        _request: Request<GetCapacityRequest>,
+    ) -> Result<Response<GetCapacityResponse>, Status> {
+        Err(Status::unimplemented("GetCapacity is not offered (GET_CAPACITY is not advertised)"))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _request: Request<ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<ControllerGetCapabilitiesResponse>, Status> {
+        use controller_service_capability::rpc::Type as T;
+        let caps = [
+            T::CreateDeleteVolume,
+            T::PublishUnpublishVolume,
+            T::CreateDeleteSnapshot,
+            T::ListSnapshots,
+            T::ExpandVolume,
+            T::ModifyVolume,
+        ];
+        Ok(Response::new(ControllerGetCapabilitiesResponse {
+            capabilities: caps
+                .iter()
+                .map(|t| ControllerServiceCapability {
+                    r#type: Some(controller_service_capability::Type::Rpc(
+                        controller_service_capability::Rpc { r#type: *t as i32 },
+                    )),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<CreateSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.name, "name")?;
+        need(&r.source_volume_id, "source_volume_id")?;
+        let mut tags = BTreeMap::new();
+        tags.insert(TAG_SNAPSHOT_NAME.to_string(), r.name.clone());
+        tags.insert(TAG_CLUSTER.to_string(), "true".to_string());
+        let meta = params::K8sMeta::default();
+        for (k, v) in &r.parameters {
+            if k.starts_with("tagSpecification_") {
+                let (tk, tv) = params::tag_spec(k, v, &meta).map_err(bad_param)?;
+                tags.insert(tk, tv);
+            } else if !k.starts_with("csi.storage.k8s.io/") {
+                return Err(Status::invalid_argument(format!(
+                    "parameter {k}: unknown snapshot parameter (tagSpecification_N)"
+                )));
+            }
+        }
+        let _g = self.inflight.enter(&format!("snapshot/{}", r.name))?;
+        let (found, _) = self
+            .ec2
+            .snapshots(&[(&format!("tag:{TAG_SNAPSHOT_NAME}"), &r.name)], None, None)
+            .await
+            .map_err(cloud)?;
+        if let Some(s) = found.first() {
+            if s.volume_id != r.source_volume_id {
+                return Err(Status::already_exists(format!(
+                    "snapshot {} exists for volume {}, not {}",
+                    r.name, s.volume_id, r.source_volume_id
+                )));
+            }
+            return Ok(Response::new(CreateSnapshotResponse {
+                snapshot: Some(csi_snapshot(s)),
+            }));
+        }
+        let s = match self.ec2.create_snapshot(&r.source_volume_id, &tags).await {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => {
+                return Err(Status::not_found(format!(
+                    "volume {} does not exist",
+                    r.source_volume_id
+                )));
+            }
+            Err(e) if e.code == "SnapshotLimitExceeded" => {
+                return Err(Status::resource_exhausted(e.to_string()));
+            }
+            Err(e) => return Err(cloud(e)),
+        };
+        tracing::info!(snapshot = %s.id, volume = %r.source_volume_id, "CreateSnapshot");
+        Ok(Response::new(CreateSnapshotResponse {
+            snapshot: Some(csi_snapshot(&s)),
+        }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.snapshot_id, "snapshot_id")?;
+        let _g = self.inflight.enter(&r.snapshot_id)?;
+        match self.ec2.delete_snapshot(&r.snapshot_id).await {
+            Ok(()) => Ok(Response::new(DeleteSnapshotResponse {})),
+            Err(e) if e.is_not_found() => Ok(Response::new(DeleteSnapshotResponse {})),
+            Err(e) => Err(cloud(e)),
+        }
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        let r = request.into_inner();
+        if r.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries must not be negative"));
+        }
+        let start: usize = if r.starting_token.is_empty() {
+            0
+        } else {
+            r.starting_token.parse().map_err(|_| {
+                Status::aborted(format!("starting_token {:?} is not one this plugin issued", r.starting_token))
+            })?
+        };
+        let mut all = Vec::new();
+        if !r.snapshot_id.is_empty() {
+            if let Some(s) = self.ec2.snapshot(&r.snapshot_id).await.map_err(cloud)?
+                && (r.source_volume_id.is_empty() || s.volume_id == r.source_volume_id)
+            {
+                all.push(s);
+            }
+        } else {
+            let filters: Vec<(&str, &str)> = if r.source_volume_id.is_empty() {
+                vec![]
+            } else {
+                vec![("volume-id", r.source_volume_id.as_str())]
+            };
+            let mut token = None;
+            loop {
+                let (page, next) = self
+                    .ec2
+                    .snapshots(&filters, Some(1000), token)
+                    .await
+                    .map_err(cloud)?;
+                all.extend(page);
+                match next {
+                    Some(t) => token = Some(t),
+                    None => break,
+                }
+            }
+        }
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        if start > all.len() {
+            return Err(Status::aborted(format!(
+                "starting_token {start} is past the end ({} snapshots)",
+                all.len()
+            )));
+        }
+        let n = if r.max_entries == 0 {
+            all.len()
+        } else {
+            r.max_entries as usize
+        };
+        let end = (start + n).min(all.len());
+        Ok(Response::new(ListSnapshotsResponse {
+            entries: all[start..end]
+                .iter()
+                .map(|s| list_snapshots_response::Entry {
+                    snapshot: Some(csi_snapshot(s)),
+                })
+                .collect(),
+            next_token: if end < all.len() {
+                end.to_string()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        _request: Request<GetSnapshotRequest>,
+    ) -> Result<Response<GetSnapshotResponse>, Status> {
+        Err(Status::unimplemented("GetSnapshot is not offered (GET_SNAPSHOT is not advertised)"))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        request: Request<ControllerExpandVolumeRequest>,
+    ) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.volume_id, "volume_id")?;
+        let Some(c) = r.capacity_range.as_ref() else {
+            return Err(Status::invalid_argument("capacity_range is required"));
+        };
+        let want = params::size_gib(c.required_bytes, c.limit_bytes).map_err(Status::out_of_range)?;
+        let block = r
+            .volume_capability
+            .as_ref()
+            .is_some_and(|c| matches!(c.access_type, Some(volume_capability::AccessType::Block(_))));
+        let _g = self.inflight.enter(&r.volume_id)?;
+        let Some(v) = self.ec2.volume(&r.volume_id).await.map_err(cloud)? else {
+            return Err(Status::not_found(format!("volume {} does not exist", r.volume_id)));
+        };
+        if v.size_gib < want {
+            if let Some(t) = params::type_limits(&v.volume_type)
+                && want > t.max_gib
+            {
+                return Err(Status::out_of_range(format!(
+                    "{} volumes go up to {} GiB, not {want}",
+                    t.name, t.max_gib
+                )));
+            }
+            let pending = self.ec2.modification(&r.volume_id).await.map_err(cloud)?;
+            let already = pending
+                .as_ref()
+                .is_some_and(|m| m.target_size_gib >= want && m.state != "failed");
+            if !already {
+                self.ec2
+                    .modify(&r.volume_id, Some(want), None, None, None)
+                    .await
+                    .map_err(|e| match e.code.as_str() {
+                        "VolumeModificationRateExceeded" => Status::unavailable(e.to_string()),
+                        "InvalidParameterValue" | "InvalidParameterCombination" => {
+                            Status::invalid_argument(e.to_string())
+                        }
+                        _ => cloud(e),
+                    })?;
+            }
+            let id = r.volume_id.clone();
+            self.wait_for(&format!("resize of {id}"), self.waits.modify, || async {
+                let m = self.ec2.modification(&id).await.map_err(cloud)?;
+                Ok(m.filter(|m| m.state == "optimizing" || m.state == "completed")
+                    .map(|_| ()))
+            })
+            .await?;
+            tracing::info!(volume = %r.volume_id, size_gib = want, "ControllerExpandVolume");
+        }
+        Ok(Response::new(ControllerExpandVolumeResponse {
+            capacity_bytes: v.size_gib.max(want) * GIB,
+            node_expansion_required: !block,
+        }))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        _request: Request<ControllerGetVolumeRequest>,
+    ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
+        Err(Status::unimplemented("ControllerGetVolume is not offered (GET_VOLUME is not advertised)"))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        request: Request<ControllerModifyVolumeRequest>,
+    ) -> Result<Response<ControllerModifyVolumeResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.volume_id, "volume_id")?;
+        let m = params::modification(&map(&r.mutable_parameters)).map_err(bad_param)?;
+        let _g = self.inflight.enter(&r.volume_id)?;
+        let Some(v) = self.ec2.volume(&r.volume_id).await.map_err(cloud)? else {
+            return Err(Status::not_found(format!("volume {} does not exist", r.volume_id)));
+        };
+        if !m.delete_tags.is_empty() {
+            self.ec2.delete_tags(&v.id, &m.delete_tags).await.map_err(cloud)?;
+        }
+        if !m.add_tags.is_empty() {
+            self.ec2.create_tags(&v.id, &m.add_tags).await.map_err(cloud)?;
+        }
+        // Only what differs goes to EC2 (a no-op ModifyVolume is an error there, and each one
+        // starts EC2's 6-hour modification cooldown).
+        let ty = m.volume_type.filter(|t| *t != v.volume_type);
+        let iops = m.iops.filter(|i| Some(*i) != v.iops || ty.is_some());
+        let tp = m.throughput.filter(|t| Some(*t) != v.throughput || ty.is_some());
+        if ty.is_some() || iops.is_some() || tp.is_some() {
+            self.ec2
+                .modify(&v.id, None, ty, iops, tp)
+                .await
+                .map_err(|e| match e.code.as_str() {
+                    "VolumeModificationRateExceeded" => Status::unavailable(e.to_string()),
+                    c if c.starts_with("InvalidParameter") || c == "MissingParameter" => {
+                        Status::invalid_argument(e.to_string())
+                    }
+                    _ => cloud(e),
+                })?;
+            let id = v.id.clone();
+            self.wait_for(&format!("modification of {id}"), self.waits.modify, || async {
+                let m = self.ec2.modification(&id).await.map_err(cloud)?;
+                Ok(m.filter(|m| m.state == "optimizing" || m.state == "completed")
+                    .map(|_| ()))
+            })
+            .await?;
+            tracing::info!(volume = %v.id, ?ty, ?iops, ?tp, "ControllerModifyVolume");
+        }
+        Ok(Response::new(ControllerModifyVolumeResponse {}))
+    }
+}
+

@@ -1,0 +1,529 @@
+//! The CSI Node service: find the attached volume's device, prove it is that volume, format it
+//! only when blank, mount, bind into pods, grow, report usage, and say how many volumes fit.
+
+use crate::mount::{self, MountError};
+use crate::params::{FormatOptions, FS_TYPES};
+use crate::{Inflight, check_caps, devices};
+use nodewire_aws::imds::Imds;
+use nodewire_proto::csi::node_server::Node;
+use nodewire_proto::csi::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+/// Node configuration (flags).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where device nodes and `disk/by-id` live (`/dev`; vpcsim's per-node directory in tests).
+    pub dev_root: PathBuf,
+    /// Where a device's serial is read: `<dir>/<kernel name>` when set, else
+    /// `/sys/block/<kernel name>/device/serial` (the NVMe serial: the volume id without '-').
+    pub serial_dir: Option<PathBuf>,
+    /// Staging and target paths must be under this (the kubelet root).
+    pub kubelet_root: PathBuf,
+    /// How long NodeStage waits for an attached volume's device to appear.
+    pub device_wait: Duration,
+    pub volume_attach_limit: Option<u32>,
+    pub reserved_attachments: Option<u32>,
+}
+
+pub struct NodeService {
+    pub cfg: NodeConfig,
+    imds: Imds,
+    pub instance_id: String,
+    pub az: String,
+    pub instance_type: String,
+    inflight: Inflight,
+}
+
+fn io(what: &str, e: std::io::Error) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+fn tool(e: MountError) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn need(v: &str, what: &str) -> Result<(), Status> {
+    if v.is_empty() {
+        Err(Status::invalid_argument(format!("{what} is required")))
+    } else {
+        Ok(())
+    }
+}
+
+/// The NVMe serial / by-id name of a volume: its id without the dash.
+pub fn serial_of(volume_id: &str) -> String {
+    volume_id.replace('-', "")
+}
+
+/// Refuses `..` and anything outside `root`, without touching the filesystem.
+pub fn inside(root: &Path, p: &str) -> Result<PathBuf, Status> {
+    let path = PathBuf::from(p);
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(Status::invalid_argument(format!(
+            "{p:?} must be an absolute path without '..'"
+        )));
+    }
+    if !path.starts_with(root) || path == root {
+        return Err(Status::invalid_argument(format!(
+            "{p:?} is outside the kubelet root {} this driver serves",
+            root.display()
+        )));
+    }
+    Ok(path)
+}
+
+fn fs_family(fs: &str) -> &str {
+    if fs.starts_with("ext") { "ext" } else { fs }
+}
+
+impl NodeService {
+    pub async fn new(cfg: NodeConfig, imds: Imds) -> anyhow::Result<NodeService> {
+        let get = |p: &'static str| {
+            let imds = &imds;
+            async move {
+                imds.get(p)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("IMDS has no {p}"))
+            }
+        };
+        let instance_id = get("instance-id").await?;
+        let az = get("placement/availability-zone").await?;
+        let instance_type = get("instance-type").await?;
+        Ok(NodeService {
+            cfg,
+            imds,
+            instance_id,
+            az,
+            instance_type,
+            inflight: Inflight::default(),
+        })
+    }
+
+    /// The volume's device: the Nitro by-id link first, then the name it was attached under;
+    /// waits a bounded time for it to appear (EC2 says attached before the node sees it).
+    async fn find_device(&self, volume_id: &str, device_path: &str) -> Result<PathBuf, Status> {
+        let by_id = self
+            .cfg
+            .dev_root
+            .join("disk/by-id")
+            .join(format!("nvme-Amazon_Elastic_Block_Store_{}", serial_of(volume_id)));
+        let by_name = device_path
+            .strip_prefix("/dev/")
+            .filter(|n| !n.is_empty() && !n.contains(".."))
+            .map(|n| self.cfg.dev_root.join(n));
+        let deadline = Instant::now() + self.cfg.device_wait;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            for (p, named) in [(Some(&by_id), false), (by_name.as_ref(), true)] {
+                let Some(p) = p else { continue };
+                let Ok(real) = std::fs::canonicalize(p) else {
+                    continue;
+                };
+                // Prove it is this volume before touching it: a stale link or a reused device
+                // name must not get another volume formatted.
+                let kname = real
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let serial_file = match &self.cfg.serial_dir {
+                    Some(d) => d.join(&kname),
+                    None => PathBuf::from(format!("/sys/block/{kname}/device/serial")),
+                };
+                match std::fs::read_to_string(&serial_file) {
+                    Ok(s) if s.trim() == serial_of(volume_id) => return Ok(real),
+                    Ok(s) => {
+                        return Err(Status::failed_precondition(format!(
+                            "{} is volume {:?}, not {volume_id}; not touching it",
+                            p.display(),
+                            s.trim()
+                        )));
+                    }
+                    // No serial to read (Xen instances): the attach name is all there is.
+                    Err(_) if named => return Ok(real),
+                    Err(_) => {}
+                }
+            }
+            if Instant::now() + pause > deadline {
+                return Err(Status::not_found(format!(
+                    "no device for volume {volume_id} (looked for {} and {}) after {:?}; is it attached to this node?",
+                    by_id.display(),
+                    by_name.map(|p| p.display().to_string()).unwrap_or_else(|| "no devicePath".into()),
+                    self.cfg.device_wait
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Volumes this node can still take, from the instance type and what IMDS shows now.
+    pub async fn max_volumes(&self) -> Result<u32, Status> {
+        let t = nodewire_aws::limits::lookup(&self.instance_type);
+        let (attachments, shared) = match t {
+            Some(t) => (
+                t.maximum_ebs_attachments,
+                t.attachment_limit_type == nodewire_aws::limits::AttachmentLimitType::Shared,
+            ),
+            None => (27, true),
+        };
+        let imds_err = |e: nodewire_aws::imds::Error| Status::unavailable(format!("IMDS: {e}"));
+        let enis = self
+            .imds
+            .list("network/interfaces/macs/")
+            .await
+            .map_err(imds_err)?
+            .len() as u32;
+        let boot = self
+            .imds
+            .list("block-device-mapping/")
+            .await
+            .map_err(imds_err)?
+            .iter()
+            .filter(|m| m.starts_with("ebs"))
+            .count() as u32;
+        Ok(devices::max_volumes(
+            attachments,
+            shared,
+            enis.max(1),
+            boot,
+            self.cfg.reserved_attachments,
+            self.cfg.volume_attach_limit,
+        ))
+    }
+}
+
+fn block_of(cap: &VolumeCapability) -> bool {
+    matches!(cap.access_type, Some(volume_capability::AccessType::Block(_)))
+}
+
+fn mount_of(cap: &VolumeCapability) -> (String, Vec<String>) {
+    match &cap.access_type {
+        Some(volume_capability::AccessType::Mount(m)) => (
+            if m.fs_type.is_empty() {
+                crate::params::DEFAULT_FS.to_string()
+            } else {
+                m.fs_type.to_ascii_lowercase()
+            },
+            m.mount_flags.clone(),
+        ),
+        _ => (String::new(), vec![]),
+    }
+}
+
+/// Mount flags come from the CO; refuse anything that could smuggle extra arguments.
+fn check_flags(flags: &[String]) -> Result<(), Status> {
+    for f in flags {
+        if f.is_empty() || f.starts_with('-') || f.contains(char::is_whitespace) {
+            return Err(Status::invalid_argument(format!("mount flag {f:?} is not valid")));
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        request: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.volume_id, "volume_id")?;
+        need(&r.staging_target_path, "staging_target_path")?;
+        let Some(cap) = r.volume_capability.as_ref() else {
+            return Err(Status::invalid_argument("volume_capability is required"));
+        };
+        check_caps(std::slice::from_ref(cap))?;
+        let staging = inside(&self.cfg.kubelet_root, &r.staging_target_path)?;
+        if block_of(cap) {
+            // Raw block: nothing to stage; NodePublish binds the device itself.
+            return Ok(Response::new(NodeStageVolumeResponse {}));
+        }
+        let (fs, flags) = mount_of(cap);
+        if !FS_TYPES.contains(&fs.as_str()) {
+            return Err(Status::invalid_argument(format!("fs_type {fs:?} is not supported")));
+        }
+        check_flags(&flags)?;
+        let ctx: BTreeMap<String, String> = r
+            .volume_context
+            .iter()
+            .filter(|(k, _)| crate::params::FORMAT_KEYS.iter().any(|f| f.eq_ignore_ascii_case(k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let format = FormatOptions::from_context(&ctx)
+            .and_then(|f| f.check(&fs).map(|_| f))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let _g = self.inflight.enter(&r.volume_id)?;
+        let device_path = r.publish_context.get("devicePath").cloned().unwrap_or_default();
+        let dev = self.find_device(&r.volume_id, &device_path).await?;
+        let want = mount::dev_id(&dev).map_err(tool)?;
+        if let Some(m) = mount::mounted_at(&staging).map_err(tool)? {
+            if m.dev == want {
+                return Ok(Response::new(NodeStageVolumeResponse {}));
+            }
+            return Err(Status::already_exists(format!(
+                "{} already has another device mounted ({})",
+                staging.display(),
+                m.source
+            )));
+        }
+        std::fs::create_dir_all(&staging).map_err(|e| io("creating the staging path", e))?;
+        let existing = mount::fs_on(&dev).map_err(tool)?;
+        let fresh = match &existing {
+            None => {
+                mount::mkfs(&fs, &dev, &format.mkfs_args(&fs)).map_err(tool)?;
+                tracing::info!(volume = %r.volume_id, device = %dev.display(), %fs, "formatted");
+                true
+            }
+            Some(have) if fs_family(have) == fs_family(&fs) => false,
+            Some(have) => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} holds {have}, not {fs}; not reformatting it",
+                    r.volume_id
+                )));
+            }
+        };
+        let mut opts = flags.clone();
+        if fs == "xfs" && !opts.iter().any(|o| o == "nouuid") {
+            // Volumes restored from one snapshot share the filesystem UUID.
+            opts.push("nouuid".into());
+        }
+        let mount_fs = existing.filter(|_| !fresh).unwrap_or_else(|| fs.clone());
+        mount::mount(&dev, &staging, &mount_fs, &opts).map_err(tool)?;
+        if !fresh {
+            // The volume may have grown while detached (or been restored to a larger size).
+            if let Err(e) = mount::grow(&mount_fs, &dev, &staging) {
+                tracing::warn!(volume = %r.volume_id, error = %e, "growing the filesystem at stage failed");
+            }
+        }
+        tracing::info!(volume = %r.volume_id, device = %dev.display(), staging = %staging.display(), "NodeStageVolume");
+        Ok(Response::new(NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.volume_id, "volume_id")?;
+        need(&r.staging_target_path, "staging_target_path")?;
+        let staging = inside(&self.cfg.kubelet_root, &r.staging_target_path)?;
+        let _g = self.inflight.enter(&r.volume_id)?;
+        while mount::mounted_at(&staging).map_err(tool)?.is_some() {
+            mount::umount(&staging).map_err(tool)?;
+        }
+        tracing::info!(volume = %r.volume_id, "NodeUnstageVolume");
+        Ok(Response::new(NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.volume_id, "volume_id")?;
+        need(&r.target_path, "target_path")?;
+        let Some(cap) = r.volume_capability.as_ref() else {
+            return Err(Status::invalid_argument("volume_capability is required"));
+        };
+        check_caps(std::slice::from_ref(cap))?;
+        let target = inside(&self.cfg.kubelet_root, &r.target_path)?;
+        let block = block_of(cap);
+        if !block {
+            need(&r.staging_target_path, "staging_target_path")?;
+        }
+        let (_, flags) = mount_of(cap);
+        check_flags(&flags)?;
+        let _g = self.inflight.enter(&r.volume_id)?;
+        let src = if block {
+            let device_path = r.publish_context.get("devicePath").cloned().unwrap_or_default();
+            self.find_device(&r.volume_id, &device_path).await?
+        } else {
+            let staging = inside(&self.cfg.kubelet_root, &r.staging_target_path)?;
+            if mount::mounted_at(&staging).map_err(tool)?.is_none() {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} is not staged at {}",
+                    r.volume_id,
+                    staging.display()
+                )));
+            }
+            staging
+        };
+        if let Some(m) = mount::mounted_at(&target).map_err(tool)? {
+            let same = if block {
+                mount::dev_id(&src).is_ok_and(|d| d == m.dev)
+            } else {
+                mount::mounted_at(&src).map_err(tool)?.is_some_and(|s| s.dev == m.dev)
+            };
+            if same {
+                return Ok(Response::new(NodePublishVolumeResponse {}));
+            }
+            return Err(Status::already_exists(format!(
+                "{} already has something else mounted",
+                target.display()
+            )));
+        }
+        if block {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io("creating the target's parent", e))?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&target)
+                .map_err(|e| io("creating the target file", e))?;
+        } else {
+            std::fs::create_dir_all(&target).map_err(|e| io("creating the target path", e))?;
+        }
+        mount::bind(&src, &target, r.readonly, &flags).map_err(tool)?;
+        tracing::info!(volume = %r.volume_id, target = %target.display(), block, readonly = r.readonly, "NodePublishVolume");
+        Ok(Response::new(NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.volume_id, "volume_id")?;
+        need(&r.target_path, "target_path")?;
+        let target = inside(&self.cfg.kubelet_root, &r.target_path)?;
+        let _g = self.inflight.enter(&r.volume_id)?;
+        while mount::mounted_at(&target).map_err(tool)?.is_some() {
+            mount::umount(&target).map_err(tool)?;
+        }
+        match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() => {
+                std::fs::remove_dir(&target).map_err(|e| io("removing the target", e))?
+            }
+            Ok(_) => std::fs::remove_file(&target).map_err(|e| io("removing the target", e))?,
+            Err(_) => {}
+        }
+        tracing::info!(volume = %r.volume_id, "NodeUnpublishVolume");
+        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.volume_id, "volume_id")?;
+        need(&r.volume_path, "volume_path")?;
+        let path = PathBuf::from(&r.volume_path);
+        let meta = std::fs::metadata(&path).map_err(|_| {
+            Status::not_found(format!("volume path {} does not exist", path.display()))
+        })?;
+        let mounted = mount::mounted_at(&path).map_err(tool)?;
+        let condition = Some(VolumeCondition {
+            abnormal: mounted.is_none(),
+            message: if mounted.is_none() {
+                format!("{} is not mounted", path.display())
+            } else {
+                "mounted".into()
+            },
+        });
+        use std::os::unix::fs::FileTypeExt;
+        let unit = |u: volume_usage::Unit, (total, available, used): (i64, i64, i64)| VolumeUsage {
+            total,
+            available,
+            used,
+            unit: u as i32,
+        };
+        let usage = if meta.file_type().is_block_device() || (meta.is_file() && mounted.is_some()) {
+            let size = mount::device_size(&path).map_err(tool)? as i64;
+            vec![unit(volume_usage::Unit::Bytes, (size, 0, 0))]
+        } else {
+            let (b, i) = mount::usage(&path).map_err(tool)?;
+            vec![
+                unit(volume_usage::Unit::Bytes, b),
+                unit(volume_usage::Unit::Inodes, i),
+            ]
+        };
+        Ok(Response::new(NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: condition,
+        }))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        request: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        let r = request.into_inner();
+        need(&r.volume_id, "volume_id")?;
+        need(&r.volume_path, "volume_path")?;
+        let path = PathBuf::from(&r.volume_path);
+        if !path.exists() {
+            return Err(Status::not_found(format!("volume path {} does not exist", path.display())));
+        }
+        if r.volume_capability.as_ref().is_some_and(block_of) {
+            let size = mount::device_size(&path).map_err(tool)? as i64;
+            return Ok(Response::new(NodeExpandVolumeResponse { capacity_bytes: size }));
+        }
+        let _g = self.inflight.enter(&r.volume_id)?;
+        let Some(m) = mount::mounted_at(&path).map_err(tool)? else {
+            return Err(Status::failed_precondition(format!("{} is not mounted", path.display())));
+        };
+        // The device behind the mount (its source is the device node it was mounted from).
+        let dev = PathBuf::from(&m.source);
+        let want = r.capacity_range.as_ref().map_or(0, |c| c.required_bytes.max(0) as u64);
+        // The node sees the new size shortly after EC2 reports the modification.
+        let deadline = Instant::now() + self.cfg.device_wait;
+        let mut size = mount::device_size(&dev).map_err(tool)?;
+        while size < want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            size = mount::device_size(&dev).map_err(tool)?;
+        }
+        if size < want {
+            return Err(Status::unavailable(format!(
+                "the device is still {size} bytes, not {want}; retry"
+            )));
+        }
+        mount::grow(&m.fs_type, &dev, &path).map_err(tool)?;
+        tracing::info!(volume = %r.volume_id, bytes = size, "NodeExpandVolume");
+        Ok(Response::new(NodeExpandVolumeResponse { capacity_bytes: size as i64 }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _request: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        use node_service_capability::rpc::Type as T;
+        Ok(Response::new(NodeGetCapabilitiesResponse {
+            capabilities: [T::StageUnstageVolume, T::ExpandVolume, T::GetVolumeStats, T::VolumeCondition]
+                .iter()
+                .map(|t| NodeServiceCapability {
+                    r#type: Some(node_service_capability::Type::Rpc(
+                        node_service_capability::Rpc { r#type: *t as i32 },
+                    )),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _request: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        let max = self.max_volumes().await?;
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: self.instance_id.clone(),
+            max_volumes_per_node: max as i64,
+            accessible_topology: Some(Topology {
+                segments: crate::controller::TOPOLOGY_KEYS
+                    .iter()
+                    .map(|k| (k.to_string(), self.az.clone()))
+                    .chain([("kubernetes.io/os".to_string(), "linux".to_string())])
+                    .collect(),
+            }),
+        }))
+    }
+}
