@@ -155,10 +155,7 @@ fn volume_of(v: &aws_sdk_ec2::types::Volume) -> Volume {
             .unwrap_or_default(),
         iops: v.iops().map(|i| i as i64),
         throughput: v.throughput().map(|i| i as i64),
-        snapshot_id: v
-            .snapshot_id()
-            .filter(|s| !s.is_empty())
-            .map(String::from),
+        snapshot_id: v.snapshot_id().filter(|s| !s.is_empty()).map(String::from),
         attachments: v
             .attachments()
             .iter()
@@ -303,10 +300,7 @@ impl Ec2 {
             volume_type: spec.volume_type.to_string(),
             iops: r.iops().map(|i| i as i64),
             throughput: r.throughput().map(|i| i as i64),
-            snapshot_id: r
-                .snapshot_id()
-                .filter(|s| !s.is_empty())
-                .map(String::from),
+            snapshot_id: r.snapshot_id().filter(|s| !s.is_empty()).map(String::from),
             attachments: vec![],
             tags: tags_of(r.tags()),
         })
@@ -372,7 +366,10 @@ impl Ec2 {
         let r = match self
             .call(
                 "DescribeInstances",
-                self.client.describe_instances().instance_ids(instance).send(),
+                self.client
+                    .describe_instances()
+                    .instance_ids(instance)
+                    .send(),
             )
             .await
         {

@@ -15,7 +15,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
-pub const TOPOLOGY_KEYS: &[&str] = &["topology.kubernetes.io/zone", "topology.ebs.csi.aws.com/zone"];
+pub const TOPOLOGY_KEYS: &[&str] = &[
+    "topology.kubernetes.io/zone",
+    "topology.ebs.csi.aws.com/zone",
+];
 
 /// How long EC2 state transitions are waited for before the RPC gives up (the CO retries).
 #[derive(Debug, Clone, Copy)]
@@ -82,10 +85,11 @@ pub fn client_token(name: &str, attempt: u32) -> String {
 /// The zone to create in: preferred first, then requisite; `None` = any.
 pub fn zone_of(req: Option<&TopologyRequirement>) -> Option<String> {
     let r = req?;
-    r.preferred
-        .iter()
-        .chain(r.requisite.iter())
-        .find_map(|t| TOPOLOGY_KEYS.iter().find_map(|k| t.segments.get(*k).cloned()))
+    r.preferred.iter().chain(r.requisite.iter()).find_map(|t| {
+        TOPOLOGY_KEYS
+            .iter()
+            .find_map(|k| t.segments.get(*k).cloned())
+    })
 }
 
 fn topology(az: &str) -> Topology {
@@ -139,7 +143,12 @@ impl ControllerService {
     }
 
     /// Polls `probe` with backoff until it yields, or `limit` passes.
-    async fn wait_for<T, F, Fut>(&self, what: &str, limit: Duration, mut probe: F) -> Result<T, Status>
+    async fn wait_for<T, F, Fut>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut probe: F,
+    ) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>, Status>>,
@@ -160,7 +169,12 @@ impl ControllerService {
         }
     }
 
-    async fn wait_volume(&self, id: &str, limit: Duration, ok: impl Fn(&Volume) -> bool) -> Result<Volume, Status> {
+    async fn wait_volume(
+        &self,
+        id: &str,
+        limit: Duration,
+        ok: impl Fn(&Volume) -> bool,
+    ) -> Result<Volume, Status> {
         self.wait_for(&format!("volume {id}"), limit, || async {
             match self.ec2.volume(id).await.map_err(cloud)? {
                 None => Err(Status::not_found(format!("volume {id} vanished"))),
@@ -320,7 +334,11 @@ impl Controller for ControllerService {
                 Status::out_of_range(e)
             }
         })?;
-        let snapshot = match r.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
+        let snapshot = match r
+            .volume_content_source
+            .as_ref()
+            .and_then(|s| s.r#type.as_ref())
+        {
             None => None,
             Some(volume_content_source::Type::Snapshot(s)) => {
                 need(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?;
@@ -357,7 +375,12 @@ impl Controller for ControllerService {
         for attempt in 0..5 {
             match self
                 .ec2
-                .create_volume(&spec, &az, snapshot.as_deref(), &client_token(&r.name, attempt))
+                .create_volume(
+                    &spec,
+                    &az,
+                    snapshot.as_deref(),
+                    &client_token(&r.name, attempt),
+                )
                 .await
             {
                 Ok(v) => {
@@ -374,8 +397,7 @@ impl Controller for ControllerService {
                 Err(e) if e.is_not_found() && e.code.starts_with("InvalidVolume") => continue,
                 Err(e) if e.is_not_found() => return Err(Status::not_found(e.to_string())),
                 Err(e)
-                    if e.code.starts_with("InvalidParameter")
-                        || e.code == "MissingParameter" =>
+                    if e.code.starts_with("InvalidParameter") || e.code == "MissingParameter" =>
                 {
                     return Err(Status::invalid_argument(e.to_string()));
                 }
@@ -435,7 +457,9 @@ impl Controller for ControllerService {
             return Err(Status::invalid_argument("volume_capability is required"));
         };
         check_caps(std::slice::from_ref(cap))?;
-        let _g = self.inflight.enter(&format!("{}/{}", r.volume_id, r.node_id))?;
+        let _g = self
+            .inflight
+            .enter(&format!("{}/{}", r.volume_id, r.node_id))?;
         let device = self.publish(&r.volume_id, &r.node_id).await?;
         tracing::info!(volume = %r.volume_id, node = %r.node_id, %device, "ControllerPublishVolume");
         Ok(Response::new(ControllerPublishVolumeResponse {
@@ -449,7 +473,9 @@ impl Controller for ControllerService {
     ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
         let r = request.into_inner();
         need(&r.volume_id, "volume_id")?;
-        let _g = self.inflight.enter(&format!("{}/{}", r.volume_id, r.node_id))?;
+        let _g = self
+            .inflight
+            .enter(&format!("{}/{}", r.volume_id, r.node_id))?;
         let Some(v) = self.ec2.volume(&r.volume_id).await.map_err(cloud)? else {
             // The spec: a volume that does not exist is unpublished.
             return Ok(Response::new(ControllerUnpublishVolumeResponse {}));
@@ -475,8 +501,9 @@ impl Controller for ControllerService {
             self.wait_for(&format!("detach of {id}"), self.waits.detach, || async {
                 match self.ec2.volume(&id).await.map_err(cloud)? {
                     None => Ok(Some(())),
-                    Some(v) => Ok((!v.attachments.iter().any(|(i, ..)| nodes.contains(i)))
-                        .then_some(())),
+                    Some(v) => {
+                        Ok((!v.attachments.iter().any(|(i, ..)| nodes.contains(i))).then_some(()))
+                    }
                 }
             })
             .await?;
@@ -494,7 +521,13 @@ impl Controller for ControllerService {
         if r.volume_capabilities.is_empty() {
             return Err(Status::invalid_argument("volume_capabilities is required"));
         }
-        if self.ec2.volume(&r.volume_id).await.map_err(cloud)?.is_none() {
+        if self
+            .ec2
+            .volume(&r.volume_id)
+            .await
+            .map_err(cloud)?
+            .is_none()
+        {
             return Err(Status::not_found(format!(
                 "volume {} does not exist",
                 r.volume_id
@@ -502,13 +535,18 @@ impl Controller for ControllerService {
         }
         let ok = check_caps(&r.volume_capabilities);
         Ok(Response::new(ValidateVolumeCapabilitiesResponse {
-            confirmed: ok.is_ok().then(|| validate_volume_capabilities_response::Confirmed {
-                volume_context: r.volume_context.clone(),
-                volume_capabilities: r.volume_capabilities.clone(),
-                parameters: r.parameters.clone(),
-                mutable_parameters: r.mutable_parameters.clone(),
-            }),
-            message: ok.err().map(|s| s.message().to_string()).unwrap_or_default(),
+            confirmed: ok
+                .is_ok()
+                .then(|| validate_volume_capabilities_response::Confirmed {
+                    volume_context: r.volume_context.clone(),
+                    volume_capabilities: r.volume_capabilities.clone(),
+                    parameters: r.parameters.clone(),
+                    mutable_parameters: r.mutable_parameters.clone(),
+                }),
+            message: ok
+                .err()
+                .map(|s| s.message().to_string())
+                .unwrap_or_default(),
         }))
     }
 
@@ -516,14 +554,18 @@ impl Controller for ControllerService {
         &self,
         _request: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
-        Err(Status::unimplemented("ListVolumes is not offered (LIST_VOLUMES is not advertised)"))
+        Err(Status::unimplemented(
+            "ListVolumes is not offered (LIST_VOLUMES is not advertised)",
+        ))
     }
 
     async fn get_capacity(
         &self,
         _request: Request<GetCapacityRequest>,
     ) -> Result<Response<GetCapacityResponse>, Status> {
-        Err(Status::unimplemented("GetCapacity is not offered (GET_CAPACITY is not advertised)"))
+        Err(Status::unimplemented(
+            "GetCapacity is not offered (GET_CAPACITY is not advertised)",
+        ))
     }
 
     async fn controller_get_capabilities(
@@ -575,7 +617,11 @@ impl Controller for ControllerService {
         let _g = self.inflight.enter(&format!("snapshot/{}", r.name))?;
         let (found, _) = self
             .ec2
-            .snapshots(&[(&format!("tag:{TAG_SNAPSHOT_NAME}"), &r.name)], None, None)
+            .snapshots(
+                &[(&format!("tag:{TAG_SNAPSHOT_NAME}"), &r.name)],
+                None,
+                None,
+            )
             .await
             .map_err(cloud)?;
         if let Some(s) = found.first() {
@@ -634,7 +680,10 @@ impl Controller for ControllerService {
             0
         } else {
             r.starting_token.parse().map_err(|_| {
-                Status::aborted(format!("starting_token {:?} is not one this plugin issued", r.starting_token))
+                Status::aborted(format!(
+                    "starting_token {:?} is not one this plugin issued",
+                    r.starting_token
+                ))
             })?
         };
         let mut all = Vec::new();
@@ -696,7 +745,9 @@ impl Controller for ControllerService {
         &self,
         _request: Request<GetSnapshotRequest>,
     ) -> Result<Response<GetSnapshotResponse>, Status> {
-        Err(Status::unimplemented("GetSnapshot is not offered (GET_SNAPSHOT is not advertised)"))
+        Err(Status::unimplemented(
+            "GetSnapshot is not offered (GET_SNAPSHOT is not advertised)",
+        ))
     }
 
     async fn controller_expand_volume(
@@ -708,14 +759,17 @@ impl Controller for ControllerService {
         let Some(c) = r.capacity_range.as_ref() else {
             return Err(Status::invalid_argument("capacity_range is required"));
         };
-        let want = params::size_gib(c.required_bytes, c.limit_bytes).map_err(Status::out_of_range)?;
-        let block = r
-            .volume_capability
-            .as_ref()
-            .is_some_and(|c| matches!(c.access_type, Some(volume_capability::AccessType::Block(_))));
+        let want =
+            params::size_gib(c.required_bytes, c.limit_bytes).map_err(Status::out_of_range)?;
+        let block = r.volume_capability.as_ref().is_some_and(|c| {
+            matches!(c.access_type, Some(volume_capability::AccessType::Block(_)))
+        });
         let _g = self.inflight.enter(&r.volume_id)?;
         let Some(v) = self.ec2.volume(&r.volume_id).await.map_err(cloud)? else {
-            return Err(Status::not_found(format!("volume {} does not exist", r.volume_id)));
+            return Err(Status::not_found(format!(
+                "volume {} does not exist",
+                r.volume_id
+            )));
         };
         if v.size_gib < want {
             if let Some(t) = params::type_limits(&v.volume_type)
@@ -745,8 +799,10 @@ impl Controller for ControllerService {
             let id = r.volume_id.clone();
             self.wait_for(&format!("resize of {id}"), self.waits.modify, || async {
                 let m = self.ec2.modification(&id).await.map_err(cloud)?;
-                Ok(m.filter(|m| m.state == "optimizing" || m.state == "completed")
-                    .map(|_| ()))
+                Ok(
+                    m.filter(|m| m.state == "optimizing" || m.state == "completed")
+                        .map(|_| ()),
+                )
             })
             .await?;
             tracing::info!(volume = %r.volume_id, size_gib = want, "ControllerExpandVolume");
@@ -761,7 +817,9 @@ impl Controller for ControllerService {
         &self,
         _request: Request<ControllerGetVolumeRequest>,
     ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
-        Err(Status::unimplemented("ControllerGetVolume is not offered (GET_VOLUME is not advertised)"))
+        Err(Status::unimplemented(
+            "ControllerGetVolume is not offered (GET_VOLUME is not advertised)",
+        ))
     }
 
     async fn controller_modify_volume(
@@ -773,19 +831,30 @@ impl Controller for ControllerService {
         let m = params::modification(&map(&r.mutable_parameters)).map_err(bad_param)?;
         let _g = self.inflight.enter(&r.volume_id)?;
         let Some(v) = self.ec2.volume(&r.volume_id).await.map_err(cloud)? else {
-            return Err(Status::not_found(format!("volume {} does not exist", r.volume_id)));
+            return Err(Status::not_found(format!(
+                "volume {} does not exist",
+                r.volume_id
+            )));
         };
         if !m.delete_tags.is_empty() {
-            self.ec2.delete_tags(&v.id, &m.delete_tags).await.map_err(cloud)?;
+            self.ec2
+                .delete_tags(&v.id, &m.delete_tags)
+                .await
+                .map_err(cloud)?;
         }
         if !m.add_tags.is_empty() {
-            self.ec2.create_tags(&v.id, &m.add_tags).await.map_err(cloud)?;
+            self.ec2
+                .create_tags(&v.id, &m.add_tags)
+                .await
+                .map_err(cloud)?;
         }
         // Only what differs goes to EC2 (a no-op ModifyVolume is an error there, and each one
         // starts EC2's 6-hour modification cooldown).
         let ty = m.volume_type.filter(|t| *t != v.volume_type);
         let iops = m.iops.filter(|i| Some(*i) != v.iops || ty.is_some());
-        let tp = m.throughput.filter(|t| Some(*t) != v.throughput || ty.is_some());
+        let tp = m
+            .throughput
+            .filter(|t| Some(*t) != v.throughput || ty.is_some());
         if ty.is_some() || iops.is_some() || tp.is_some() {
             self.ec2
                 .modify(&v.id, None, ty, iops, tp)
@@ -798,15 +867,20 @@ impl Controller for ControllerService {
                     _ => cloud(e),
                 })?;
             let id = v.id.clone();
-            self.wait_for(&format!("modification of {id}"), self.waits.modify, || async {
-                let m = self.ec2.modification(&id).await.map_err(cloud)?;
-                Ok(m.filter(|m| m.state == "optimizing" || m.state == "completed")
-                    .map(|_| ()))
-            })
+            self.wait_for(
+                &format!("modification of {id}"),
+                self.waits.modify,
+                || async {
+                    let m = self.ec2.modification(&id).await.map_err(cloud)?;
+                    Ok(
+                        m.filter(|m| m.state == "optimizing" || m.state == "completed")
+                            .map(|_| ()),
+                    )
+                },
+            )
             .await?;
             tracing::info!(volume = %v.id, ?ty, ?iops, ?tp, "ControllerModifyVolume");
         }
         Ok(Response::new(ControllerModifyVolumeResponse {}))
     }
 }
-

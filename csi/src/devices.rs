@@ -78,14 +78,18 @@ mod tests {
         assert_eq!(n[52], "/dev/xvdda");
         assert_eq!(n.last().map(String::as_str), Some("/dev/xvdz"));
         assert!(!n.contains(&"/dev/xvda".to_string()));
-        assert!(!n.iter().any(|x| x.len() == 11 && x.starts_with("/dev/xvdc")));
+        assert!(
+            !n.iter()
+                .any(|x| x.len() == 11 && x.starts_with("/dev/xvdc"))
+        );
         assert_eq!(n.iter().collect::<BTreeSet<_>>().len(), n.len(), "unique");
     }
 
     #[test]
     fn allocation() {
         let none = set(&[]);
-        let cases: &[(&[&str], &[&str], &[&str], Option<&str>)] = &[
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], Option<&'a str>);
+        let cases: &[Case] = &[
             (&[], &[], &[], Some("/dev/xvdaa")),
             (&["/dev/xvda", "/dev/xvdaa"], &[], &[], Some("/dev/xvdab")),
             (&["/dev/xvdaa"], &["/dev/xvdab"], &[], Some("/dev/xvdac")),
@@ -112,18 +116,22 @@ mod tests {
     fn attachment_limits() {
         // (attachments, shared, ENIs, boot-mapped, reserved, override) → max
         let cases = [
-            ((27, true, 1, 0, None, None), 26),    // m5.large, one ENI: 27 − root
-            ((27, true, 3, 0, None, None), 24),    // ipamd attached two more ENIs
-            ((27, true, 3, 1, None, None), 23),    // and a volume mapped at boot
-            ((39, false, 3, 0, None, None), 38),   // Xen m4.large: dedicated
+            ((27, true, 1, 0, None, None), 26), // m5.large, one ENI: 27 − root
+            ((27, true, 3, 0, None, None), 24), // ipamd attached two more ENIs
+            ((27, true, 3, 1, None, None), 23), // and a volume mapped at boot
+            ((39, false, 3, 0, None, None), 38), // Xen m4.large: dedicated
             ((128, false, 15, 0, None, None), 127), // m7i.48xlarge: dedicated
             ((27, true, 3, 0, Some(5), None), 20), // --reserved-volume-attachments
-            ((27, true, 40, 0, None, None), 1),    // never below 1
+            ((27, true, 40, 0, None, None), 1), // never below 1
             ((27, true, 3, 0, None, Some(10)), 10), // --volume-attach-limit
             ((27, true, 3, 0, None, Some(0)), 1),
         ];
         for ((a, s, e, b, r, o), want) in cases {
-            assert_eq!(max_volumes(a, s, e, b, r, o), want, "{a} {s} {e} {b} {r:?} {o:?}");
+            assert_eq!(
+                max_volumes(a, s, e, b, r, o),
+                want,
+                "{a} {s} {e} {b} {r:?} {o:?}"
+            );
         }
     }
 }

@@ -25,13 +25,21 @@ enum Mode {
 }
 
 #[derive(Parser)]
-#[command(name = "ebs-csi", version, about = "nodewire EBS CSI driver (CSI 1.11)")]
+#[command(
+    name = "ebs-csi",
+    version,
+    about = "nodewire EBS CSI driver (CSI 1.11)"
+)]
 struct Cli {
     /// Which CSI services to serve.
     #[arg(long, value_enum, default_value = "all", env = "CSI_MODE")]
     mode: Mode,
     /// CSI endpoint: unix:///path/to/csi.sock (a stale socket is replaced).
-    #[arg(long, default_value = "unix:///var/lib/csi/sockets/pluginproxy/csi.sock", env = "CSI_ENDPOINT")]
+    #[arg(
+        long,
+        default_value = "unix:///var/lib/csi/sockets/pluginproxy/csi.sock",
+        env = "CSI_ENDPOINT"
+    )]
     endpoint: String,
     /// Driver name (CSIDriver object, PVs). `ebs.csi.aws.com` takes over upstream's PVs.
     #[arg(long, default_value = ebs_csi::DEFAULT_DRIVER_NAME)]

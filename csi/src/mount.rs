@@ -23,7 +23,10 @@ fn run(prog: &str, args: &[&str]) -> Result<(i32, String), MountError> {
     if code != 0 && prog != "blkid" {
         return Err(MountError::Tool {
             cmd: format!("{prog} {}", args.join(" ")),
-            msg: format!("exit {code}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            msg: format!(
+                "exit {code}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok((code, String::from_utf8_lossy(&out.stdout).into_owned()))
@@ -109,7 +112,10 @@ pub fn device_size(dev: &Path) -> Result<u64, MountError> {
 /// The filesystem on a device, `None` when it is blank.
 pub fn fs_on(dev: &Path) -> Result<Option<String>, MountError> {
     let d = dev.to_string_lossy();
-    let (code, out) = run("blkid", &["-p", "-s", "TYPE", "-s", "PTTYPE", "-o", "export", &d])?;
+    let (code, out) = run(
+        "blkid",
+        &["-p", "-s", "TYPE", "-s", "PTTYPE", "-o", "export", &d],
+    )?;
     match code {
         0 => {}
         // blkid: nothing found.
@@ -164,7 +170,12 @@ pub fn mount(dev: &Path, target: &Path, fs: &str, options: &[String]) -> Result<
     run("mount", &a).map(|_| ())
 }
 
-pub fn bind(src: &Path, target: &Path, readonly: bool, options: &[String]) -> Result<(), MountError> {
+pub fn bind(
+    src: &Path,
+    target: &Path,
+    readonly: bool,
+    options: &[String],
+) -> Result<(), MountError> {
     let s = src.to_string_lossy();
     let t = target.to_string_lossy();
     run("mount", &["--bind", &s, &t])?;
@@ -192,8 +203,11 @@ pub fn grow(fs: &str, dev: &Path, mount_point: &Path) -> Result<(), MountError> 
     }
 }
 
-/// Bytes and inodes of the filesystem at `path`: (total, available, used) each.
-pub fn usage(path: &Path) -> Result<((i64, i64, i64), (i64, i64, i64)), MountError> {
+/// (total, available, used)
+pub type Usage = (i64, i64, i64);
+
+/// Bytes and inodes of the filesystem at `path`.
+pub fn usage(path: &Path) -> Result<(Usage, Usage), MountError> {
     let s = nix::sys::statvfs::statvfs(path)
         .map_err(|e| MountError::Io(path.display().to_string(), e.into()))?;
     let f = s.fragment_size() as i64;

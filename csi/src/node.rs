@@ -2,7 +2,7 @@
 //! only when blank, mount, bind into pods, grow, report usage, and say how many volumes fit.
 
 use crate::mount::{self, MountError};
-use crate::params::{FormatOptions, FS_TYPES};
+use crate::params::{FS_TYPES, FormatOptions};
 use crate::{Inflight, check_caps, devices};
 use nodewire_aws::imds::Imds;
 use nodewire_proto::csi::node_server::Node;
@@ -109,11 +109,10 @@ impl NodeService {
     /// The volume's device: the Nitro by-id link first, then the name it was attached under;
     /// waits a bounded time for it to appear (EC2 says attached before the node sees it).
     async fn find_device(&self, volume_id: &str, device_path: &str) -> Result<PathBuf, Status> {
-        let by_id = self
-            .cfg
-            .dev_root
-            .join("disk/by-id")
-            .join(format!("nvme-Amazon_Elastic_Block_Store_{}", serial_of(volume_id)));
+        let by_id = self.cfg.dev_root.join("disk/by-id").join(format!(
+            "nvme-Amazon_Elastic_Block_Store_{}",
+            serial_of(volume_id)
+        ));
         let by_name = device_path
             .strip_prefix("/dev/")
             .filter(|n| !n.is_empty() && !n.contains(".."))
@@ -154,7 +153,9 @@ impl NodeService {
                 return Err(Status::not_found(format!(
                     "no device for volume {volume_id} (looked for {} and {}) after {:?}; is it attached to this node?",
                     by_id.display(),
-                    by_name.map(|p| p.display().to_string()).unwrap_or_else(|| "no devicePath".into()),
+                    by_name
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "no devicePath".into()),
                     self.cfg.device_wait
                 )));
             }
@@ -200,7 +201,10 @@ impl NodeService {
 }
 
 fn block_of(cap: &VolumeCapability) -> bool {
-    matches!(cap.access_type, Some(volume_capability::AccessType::Block(_)))
+    matches!(
+        cap.access_type,
+        Some(volume_capability::AccessType::Block(_))
+    )
 }
 
 fn mount_of(cap: &VolumeCapability) -> (String, Vec<String>) {
@@ -221,7 +225,9 @@ fn mount_of(cap: &VolumeCapability) -> (String, Vec<String>) {
 fn check_flags(flags: &[String]) -> Result<(), Status> {
     for f in flags {
         if f.is_empty() || f.starts_with('-') || f.contains(char::is_whitespace) {
-            return Err(Status::invalid_argument(format!("mount flag {f:?} is not valid")));
+            return Err(Status::invalid_argument(format!(
+                "mount flag {f:?} is not valid"
+            )));
         }
     }
     Ok(())
@@ -247,20 +253,30 @@ impl Node for NodeService {
         }
         let (fs, flags) = mount_of(cap);
         if !FS_TYPES.contains(&fs.as_str()) {
-            return Err(Status::invalid_argument(format!("fs_type {fs:?} is not supported")));
+            return Err(Status::invalid_argument(format!(
+                "fs_type {fs:?} is not supported"
+            )));
         }
         check_flags(&flags)?;
         let ctx: BTreeMap<String, String> = r
             .volume_context
             .iter()
-            .filter(|(k, _)| crate::params::FORMAT_KEYS.iter().any(|f| f.eq_ignore_ascii_case(k)))
+            .filter(|(k, _)| {
+                crate::params::FORMAT_KEYS
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(k))
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let format = FormatOptions::from_context(&ctx)
             .and_then(|f| f.check(&fs).map(|_| f))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let _g = self.inflight.enter(&r.volume_id)?;
-        let device_path = r.publish_context.get("devicePath").cloned().unwrap_or_default();
+        let device_path = r
+            .publish_context
+            .get("devicePath")
+            .cloned()
+            .unwrap_or_default();
         let dev = self.find_device(&r.volume_id, &device_path).await?;
         let want = mount::dev_id(&dev).map_err(tool)?;
         if let Some(m) = mount::mounted_at(&staging).map_err(tool)? {
@@ -342,7 +358,11 @@ impl Node for NodeService {
         check_flags(&flags)?;
         let _g = self.inflight.enter(&r.volume_id)?;
         let src = if block {
-            let device_path = r.publish_context.get("devicePath").cloned().unwrap_or_default();
+            let device_path = r
+                .publish_context
+                .get("devicePath")
+                .cloned()
+                .unwrap_or_default();
             self.find_device(&r.volume_id, &device_path).await?
         } else {
             let staging = inside(&self.cfg.kubelet_root, &r.staging_target_path)?;
@@ -357,9 +377,13 @@ impl Node for NodeService {
         };
         if let Some(m) = mount::mounted_at(&target).map_err(tool)? {
             let same = if block {
-                mount::dev_id(&src).is_ok_and(|d| d == m.dev)
+                // A device node bind-mounted onto a file: the mount is of the node's directory
+                // filesystem, with the node's own path as its root.
+                Path::new(&m.root).file_name() == src.file_name()
             } else {
-                mount::mounted_at(&src).map_err(tool)?.is_some_and(|s| s.dev == m.dev)
+                mount::mounted_at(&src)
+                    .map_err(tool)?
+                    .is_some_and(|s| s.dev == m.dev)
             };
             if same {
                 return Ok(Response::new(NodePublishVolumeResponse {}));
@@ -371,7 +395,8 @@ impl Node for NodeService {
         }
         if block {
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| io("creating the target's parent", e))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| io("creating the target's parent", e))?;
             }
             std::fs::OpenOptions::new()
                 .create(true)
@@ -462,19 +487,30 @@ impl Node for NodeService {
         need(&r.volume_path, "volume_path")?;
         let path = PathBuf::from(&r.volume_path);
         if !path.exists() {
-            return Err(Status::not_found(format!("volume path {} does not exist", path.display())));
+            return Err(Status::not_found(format!(
+                "volume path {} does not exist",
+                path.display()
+            )));
         }
         if r.volume_capability.as_ref().is_some_and(block_of) {
             let size = mount::device_size(&path).map_err(tool)? as i64;
-            return Ok(Response::new(NodeExpandVolumeResponse { capacity_bytes: size }));
+            return Ok(Response::new(NodeExpandVolumeResponse {
+                capacity_bytes: size,
+            }));
         }
         let _g = self.inflight.enter(&r.volume_id)?;
         let Some(m) = mount::mounted_at(&path).map_err(tool)? else {
-            return Err(Status::failed_precondition(format!("{} is not mounted", path.display())));
+            return Err(Status::failed_precondition(format!(
+                "{} is not mounted",
+                path.display()
+            )));
         };
         // The device behind the mount (its source is the device node it was mounted from).
         let dev = PathBuf::from(&m.source);
-        let want = r.capacity_range.as_ref().map_or(0, |c| c.required_bytes.max(0) as u64);
+        let want = r
+            .capacity_range
+            .as_ref()
+            .map_or(0, |c| c.required_bytes.max(0) as u64);
         // The node sees the new size shortly after EC2 reports the modification.
         let deadline = Instant::now() + self.cfg.device_wait;
         let mut size = mount::device_size(&dev).map_err(tool)?;
@@ -487,9 +523,19 @@ impl Node for NodeService {
                 "the device is still {size} bytes, not {want}; retry"
             )));
         }
-        mount::grow(&m.fs_type, &dev, &path).map_err(tool)?;
+        mount::grow(&m.fs_type, &dev, &path).map_err(|e| {
+            let mut msg = e.to_string();
+            if msg.contains("Permission denied") && m.fs_type.starts_with("ext") {
+                msg.push_str(
+                    " (growing ext4 online needs CAP_SYS_RESOURCE: run the node plugin privileged)",
+                );
+            }
+            Status::internal(msg)
+        })?;
         tracing::info!(volume = %r.volume_id, bytes = size, "NodeExpandVolume");
-        Ok(Response::new(NodeExpandVolumeResponse { capacity_bytes: size as i64 }))
+        Ok(Response::new(NodeExpandVolumeResponse {
+            capacity_bytes: size as i64,
+        }))
     }
 
     async fn node_get_capabilities(
@@ -498,14 +544,19 @@ impl Node for NodeService {
     ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
         use node_service_capability::rpc::Type as T;
         Ok(Response::new(NodeGetCapabilitiesResponse {
-            capabilities: [T::StageUnstageVolume, T::ExpandVolume, T::GetVolumeStats, T::VolumeCondition]
-                .iter()
-                .map(|t| NodeServiceCapability {
-                    r#type: Some(node_service_capability::Type::Rpc(
-                        node_service_capability::Rpc { r#type: *t as i32 },
-                    )),
-                })
-                .collect(),
+            capabilities: [
+                T::StageUnstageVolume,
+                T::ExpandVolume,
+                T::GetVolumeStats,
+                T::VolumeCondition,
+            ]
+            .iter()
+            .map(|t| NodeServiceCapability {
+                r#type: Some(node_service_capability::Type::Rpc(
+                    node_service_capability::Rpc { r#type: *t as i32 },
+                )),
+            })
+            .collect(),
         }))
     }
 

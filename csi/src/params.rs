@@ -181,7 +181,10 @@ impl FormatOptions {
     fn set(&mut self, key: &str, v: &str) -> Result<bool, Invalid> {
         let number = |v: &str| -> Result<Option<String>, Invalid> {
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || v.len() > 10 {
-                Err(invalid(key, format!("{v:?} is not a positive whole number")))
+                Err(invalid(
+                    key,
+                    format!("{v:?} is not a positive whole number"),
+                ))
             } else if v.trim_start_matches('0').is_empty() {
                 Err(invalid(key, "must be greater than 0"))
             } else {
@@ -543,10 +546,7 @@ pub fn volume_spec(
     }
     let iops = match (iops, per_gb) {
         (Some(_), Some(_)) => {
-            return Err(invalid(
-                "iops",
-                "give either iops or iopsPerGB, not both",
-            ));
+            return Err(invalid("iops", "give either iops or iopsPerGB, not both"));
         }
         (Some(i), None) => Some(check_iops(t, i, size)?),
         (None, Some(p)) => Some(iops_per_gb(t, p, size, allow_increase)?),
@@ -593,7 +593,10 @@ pub fn volume_spec(
     if access == Access::Mount && !FS_TYPES.contains(&fs_type.as_str()) {
         return Err(invalid(
             "csi.storage.k8s.io/fstype",
-            format!("unsupported fsType {fs_type:?} (one of {})", FS_TYPES.join(", ")),
+            format!(
+                "unsupported fsType {fs_type:?} (one of {})",
+                FS_TYPES.join(", ")
+            ),
         ));
     }
     if access == Access::Block && !format.is_empty() {
@@ -669,20 +672,30 @@ pub fn modification(params: &BTreeMap<String, String>) -> Result<Modification, I
             && !n.is_empty()
         {
             if reserved_tag(v) {
-                return Err(invalid(k, format!("tag key {v:?} is reserved for the driver")));
+                return Err(invalid(
+                    k,
+                    format!("tag key {v:?} is reserved for the driver"),
+                ));
             }
             m.delete_tags.push(v.clone());
             continue;
         }
         match k.as_str() {
             "type" | "volumeType" => {
-                m.volume_type = Some(type_limits(v).map(|t| t.name).ok_or_else(|| {
-                    invalid(k, format!("unknown volume type {v:?}"))
-                })?)
+                m.volume_type = Some(
+                    type_limits(v)
+                        .map(|t| t.name)
+                        .ok_or_else(|| invalid(k, format!("unknown volume type {v:?}")))?,
+                )
             }
             "iops" => m.iops = Some(int_param(k, v)?),
             "throughput" => m.throughput = Some(int_param(k, v)?),
-            _ => return Err(invalid(k, "unknown mutable parameter (type, iops, throughput, tagSpecification_N, tagDeletion_N)")),
+            _ => {
+                return Err(invalid(
+                    k,
+                    "unknown mutable parameter (type, iops, throughput, tagSpecification_N, tagDeletion_N)",
+                ));
+            }
         }
     }
     Ok(m)
@@ -725,61 +738,480 @@ mod tests {
     #[test]
     fn parameters_table() {
         type Want = Result<fn(&VolumeSpec) -> bool, &'static str>;
-        let cases: Vec<(&str, i64, Vec<(&str, &str)>, &str, Access, Want)> = vec![
-            ("defaults", 10, vec![], "", Access::Mount, Ok(|s| s.volume_type == "gp3" && s.iops.is_none() && s.fs_type == "ext4" && !s.encrypted)),
-            ("case-insensitive keys", 10, vec![("TYPE", "gp2")], "", Access::Mount, Ok(|s| s.volume_type == "gp2")),
-            ("unknown key", 10, vec![("colour", "blue")], "", Access::Mount, Err("colour")),
-            ("unknown type", 10, vec![("type", "gp9")], "", Access::Mount, Err("type")),
-            ("type value is case-sensitive", 10, vec![("type", "GP3")], "", Access::Mount, Err("type")),
-            ("gp3 iops", 10, vec![("iops", "5000")], "", Access::Mount, Ok(|s| s.iops == Some(5000))),
-            ("gp3 iops below min", 10, vec![("iops", "2000")], "", Access::Mount, Err("iops")),
-            ("gp3 iops above max", 100, vec![("iops", "17000")], "", Access::Mount, Err("iops")),
-            ("gp3 iops over ratio", 6, vec![("iops", "4000")], "", Access::Mount, Err("iops")),
-            ("iops not a number", 10, vec![("iops", "lots")], "", Access::Mount, Err("iops")),
-            ("iops zero", 10, vec![("iops", "0")], "", Access::Mount, Err("iops")),
-            ("iops overflow", 10, vec![("iops", "99999999999")], "", Access::Mount, Err("iops")),
-            ("gp2 takes no iops", 10, vec![("type", "gp2"), ("iops", "3000")], "", Access::Mount, Err("iops")),
-            ("st1 takes no iopsPerGB", 500, vec![("type", "st1"), ("iopsPerGB", "3")], "", Access::Mount, Err("iopsPerGB")),
-            ("io1 needs iops", 10, vec![("type", "io1")], "", Access::Mount, Err("iops")),
-            ("io1 iopsPerGB", 10, vec![("type", "io1"), ("iopsPerGB", "50")], "", Access::Mount, Ok(|s| s.iops == Some(500) && s.tags.get(TAG_IOPS_PER_GB).map(String::as_str) == Some("50"))),
-            ("io1 iopsPerGB capped at max", 2000, vec![("type", "io1"), ("iopsPerGB", "50")], "", Access::Mount, Ok(|s| s.iops == Some(64000))),
-            ("io1 iopsPerGB below min", 10, vec![("type", "io1"), ("iopsPerGB", "5")], "", Access::Mount, Err("allowAutoIOPSPerGBIncrease")),
-            ("io1 iopsPerGB raised", 10, vec![("type", "io1"), ("iopsPerGB", "5"), ("allowAutoIOPSPerGBIncrease", "true")], "", Access::Mount, Ok(|s| s.iops == Some(100))),
-            ("allowAuto not bool", 10, vec![("allowAutoIOPSPerGBIncrease", "yes")], "", Access::Mount, Err("allowAutoIOPSPerGBIncrease")),
-            ("io2 iops", 100, vec![("type", "io2"), ("iops", "100000")], "", Access::Mount, Ok(|s| s.iops == Some(100000))),
-            ("iops with iopsPerGB", 10, vec![("iops", "3000"), ("iopsPerGB", "10")], "", Access::Mount, Err("not both")),
-            ("io2 too small", 2, vec![("type", "io2"), ("iops", "100")], "", Access::Mount, Err("4..=65536")),
-            ("st1 too small", 10, vec![("type", "st1")], "", Access::Mount, Err("125..=16384")),
-            ("standard too big", 2000, vec![("type", "standard")], "", Access::Mount, Err("1..=1024")),
-            ("gp3 throughput", 10, vec![("throughput", "250")], "", Access::Mount, Ok(|s| s.throughput == Some(250))),
-            ("gp3 throughput too low", 10, vec![("throughput", "100")], "", Access::Mount, Err("throughput")),
-            ("gp3 throughput over iops ratio", 10, vec![("throughput", "800")], "", Access::Mount, Err("needs at least 3200 IOPS")),
-            ("gp3 throughput with enough iops", 10, vec![("throughput", "1000"), ("iops", "4000")], "", Access::Mount, Ok(|s| s.throughput == Some(1000))),
-            ("throughput on io1", 10, vec![("type", "io1"), ("iops", "100"), ("throughput", "200")], "", Access::Mount, Err("throughput")),
-            ("encrypted", 10, vec![("encrypted", "true")], "", Access::Mount, Ok(|s| s.encrypted && s.kms_key_id.is_none())),
-            ("encrypted not bool", 10, vec![("encrypted", "True")], "", Access::Mount, Err("encrypted")),
-            ("kms forces encryption", 10, vec![("kmsKeyId", "arn:aws:kms:us-east-1:1:key/x")], "", Access::Mount, Ok(|s| s.encrypted && s.kms_key_id.is_some())),
-            ("fstype from capability", 10, vec![], "xfs", Access::Mount, Ok(|s| s.fs_type == "xfs")),
-            ("fstype param", 10, vec![("csi.storage.k8s.io/fstype", "ext3")], "", Access::Mount, Ok(|s| s.fs_type == "ext3")),
-            ("fstype unsupported", 10, vec![], "btrfs", Access::Mount, Err("fstype")),
-            ("block size ext4", 10, vec![("blockSize", "4096")], "", Access::Mount, Ok(|s| s.format.mkfs_args("ext4") == ["-b", "4096"])),
-            ("block size xfs", 10, vec![("blockSize", "4096"), ("inodeSize", "512")], "xfs", Access::Mount, Ok(|s| s.format.mkfs_args("xfs") == ["-b", "size=4096", "-i", "size=512"])),
-            ("block size not a number", 10, vec![("blockSize", "4k")], "", Access::Mount, Err("blockSize")),
-            ("block size shell", 10, vec![("blockSize", "1;reboot")], "", Access::Mount, Err("blockSize")),
-            ("bytesPerInode on xfs", 10, vec![("bytesPerInode", "8192")], "xfs", Access::Mount, Err("bytesPerInode")),
-            ("numberOfInodes on xfs", 10, vec![("numberOfInodes", "1000")], "xfs", Access::Mount, Err("numberOfInodes")),
-            ("ext options", 10, vec![("bytesPerInode", "8192"), ("numberOfInodes", "1000"), ("inodeSize", "256")], "ext3", Access::Mount, Ok(|s| s.format.mkfs_args("ext3") == ["-I", "256", "-i", "8192", "-N", "1000"])),
-            ("bigalloc on ext3", 10, vec![("ext4BigAlloc", "true")], "ext3", Access::Mount, Err("ext4BigAlloc")),
-            ("bigalloc", 10, vec![("ext4BigAlloc", "true"), ("ext4ClusterSize", "65536")], "", Access::Mount, Ok(|s| s.format.mkfs_args("ext4") == ["-O", "bigalloc", "-C", "65536"])),
-            ("cluster size without bigalloc", 10, vec![("ext4ClusterSize", "65536")], "", Access::Mount, Err("ext4ClusterSize")),
-            ("format params on block", 10, vec![("blockSize", "4096")], "", Access::Block, Err("blockSize")),
-            ("block ignores fstype", 10, vec![], "", Access::Block, Ok(|s| s.format.is_empty())),
-            ("pvc metadata tags", 10, vec![("csi.storage.k8s.io/pvc/name", "data"), ("csi.storage.k8s.io/pvc/namespace", "db"), ("csi.storage.k8s.io/pv/name", "pv-1")], "", Access::Mount, Ok(|s| s.tags[TAG_PVC_NAME] == "data" && s.tags[TAG_PVC_NAMESPACE] == "db" && s.tags[TAG_PV_NAME] == "pv-1" && s.tags[TAG_VOLUME_NAME] == "pvc-1" && s.tags[TAG_CLUSTER] == "true")),
-            ("tag spec templated", 10, vec![("tagSpecification_1", "owner={{ .PVCNamespace }}/{{.PVCName}}"), ("csi.storage.k8s.io/pvc/name", "data"), ("csi.storage.k8s.io/pvc/namespace", "db")], "", Access::Mount, Ok(|s| s.tags["owner"] == "db/data")),
-            ("tag spec without =", 10, vec![("tagSpecification_1", "owner")], "", Access::Mount, Err("tagSpecification_1")),
-            ("tag spec reserved", 10, vec![("tagSpecification_2", "CSIVolumeName=x")], "", Access::Mount, Err("reserved")),
-            ("tag spec unknown field", 10, vec![("tagSpecification_3", "a={{ .Secret }}")], "", Access::Mount, Err("unknown template field")),
-            ("blockExpress no-op", 10, vec![("blockExpress", "true")], "", Access::Mount, Ok(|s| s.volume_type == "gp3")),
+        type Case = (
+            &'static str,
+            i64,
+            Vec<(&'static str, &'static str)>,
+            &'static str,
+            Access,
+            Want,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "defaults",
+                10,
+                vec![],
+                "",
+                Access::Mount,
+                Ok(|s| {
+                    s.volume_type == "gp3"
+                        && s.iops.is_none()
+                        && s.fs_type == "ext4"
+                        && !s.encrypted
+                }),
+            ),
+            (
+                "case-insensitive keys",
+                10,
+                vec![("TYPE", "gp2")],
+                "",
+                Access::Mount,
+                Ok(|s| s.volume_type == "gp2"),
+            ),
+            (
+                "unknown key",
+                10,
+                vec![("colour", "blue")],
+                "",
+                Access::Mount,
+                Err("colour"),
+            ),
+            (
+                "unknown type",
+                10,
+                vec![("type", "gp9")],
+                "",
+                Access::Mount,
+                Err("type"),
+            ),
+            (
+                "type value is case-sensitive",
+                10,
+                vec![("type", "GP3")],
+                "",
+                Access::Mount,
+                Err("type"),
+            ),
+            (
+                "gp3 iops",
+                10,
+                vec![("iops", "5000")],
+                "",
+                Access::Mount,
+                Ok(|s| s.iops == Some(5000)),
+            ),
+            (
+                "gp3 iops below min",
+                10,
+                vec![("iops", "2000")],
+                "",
+                Access::Mount,
+                Err("iops"),
+            ),
+            (
+                "gp3 iops above max",
+                100,
+                vec![("iops", "17000")],
+                "",
+                Access::Mount,
+                Err("iops"),
+            ),
+            (
+                "gp3 iops over ratio",
+                6,
+                vec![("iops", "4000")],
+                "",
+                Access::Mount,
+                Err("iops"),
+            ),
+            (
+                "iops not a number",
+                10,
+                vec![("iops", "lots")],
+                "",
+                Access::Mount,
+                Err("iops"),
+            ),
+            (
+                "iops zero",
+                10,
+                vec![("iops", "0")],
+                "",
+                Access::Mount,
+                Err("iops"),
+            ),
+            (
+                "iops overflow",
+                10,
+                vec![("iops", "99999999999")],
+                "",
+                Access::Mount,
+                Err("iops"),
+            ),
+            (
+                "gp2 takes no iops",
+                10,
+                vec![("type", "gp2"), ("iops", "3000")],
+                "",
+                Access::Mount,
+                Err("iops"),
+            ),
+            (
+                "st1 takes no iopsPerGB",
+                500,
+                vec![("type", "st1"), ("iopsPerGB", "3")],
+                "",
+                Access::Mount,
+                Err("iopsPerGB"),
+            ),
+            (
+                "io1 needs iops",
+                10,
+                vec![("type", "io1")],
+                "",
+                Access::Mount,
+                Err("iops"),
+            ),
+            (
+                "io1 iopsPerGB",
+                10,
+                vec![("type", "io1"), ("iopsPerGB", "50")],
+                "",
+                Access::Mount,
+                Ok(|s| {
+                    s.iops == Some(500)
+                        && s.tags.get(TAG_IOPS_PER_GB).map(String::as_str) == Some("50")
+                }),
+            ),
+            (
+                "io1 iopsPerGB capped at max",
+                2000,
+                vec![("type", "io1"), ("iopsPerGB", "50")],
+                "",
+                Access::Mount,
+                Ok(|s| s.iops == Some(64000)),
+            ),
+            (
+                "io1 iopsPerGB below min",
+                10,
+                vec![("type", "io1"), ("iopsPerGB", "5")],
+                "",
+                Access::Mount,
+                Err("allowAutoIOPSPerGBIncrease"),
+            ),
+            (
+                "io1 iopsPerGB raised",
+                10,
+                vec![
+                    ("type", "io1"),
+                    ("iopsPerGB", "5"),
+                    ("allowAutoIOPSPerGBIncrease", "true"),
+                ],
+                "",
+                Access::Mount,
+                Ok(|s| s.iops == Some(100)),
+            ),
+            (
+                "allowAuto not bool",
+                10,
+                vec![("allowAutoIOPSPerGBIncrease", "yes")],
+                "",
+                Access::Mount,
+                Err("allowAutoIOPSPerGBIncrease"),
+            ),
+            (
+                "io2 iops",
+                100,
+                vec![("type", "io2"), ("iops", "100000")],
+                "",
+                Access::Mount,
+                Ok(|s| s.iops == Some(100000)),
+            ),
+            (
+                "iops with iopsPerGB",
+                10,
+                vec![("iops", "3000"), ("iopsPerGB", "10")],
+                "",
+                Access::Mount,
+                Err("not both"),
+            ),
+            (
+                "io2 too small",
+                2,
+                vec![("type", "io2"), ("iops", "100")],
+                "",
+                Access::Mount,
+                Err("4..=65536"),
+            ),
+            (
+                "st1 too small",
+                10,
+                vec![("type", "st1")],
+                "",
+                Access::Mount,
+                Err("125..=16384"),
+            ),
+            (
+                "standard too big",
+                2000,
+                vec![("type", "standard")],
+                "",
+                Access::Mount,
+                Err("1..=1024"),
+            ),
+            (
+                "gp3 throughput",
+                10,
+                vec![("throughput", "250")],
+                "",
+                Access::Mount,
+                Ok(|s| s.throughput == Some(250)),
+            ),
+            (
+                "gp3 throughput too low",
+                10,
+                vec![("throughput", "100")],
+                "",
+                Access::Mount,
+                Err("throughput"),
+            ),
+            (
+                "gp3 throughput over iops ratio",
+                10,
+                vec![("throughput", "800")],
+                "",
+                Access::Mount,
+                Err("needs at least 3200 IOPS"),
+            ),
+            (
+                "gp3 throughput with enough iops",
+                10,
+                vec![("throughput", "1000"), ("iops", "4000")],
+                "",
+                Access::Mount,
+                Ok(|s| s.throughput == Some(1000)),
+            ),
+            (
+                "throughput on io1",
+                10,
+                vec![("type", "io1"), ("iops", "100"), ("throughput", "200")],
+                "",
+                Access::Mount,
+                Err("throughput"),
+            ),
+            (
+                "encrypted",
+                10,
+                vec![("encrypted", "true")],
+                "",
+                Access::Mount,
+                Ok(|s| s.encrypted && s.kms_key_id.is_none()),
+            ),
+            (
+                "encrypted not bool",
+                10,
+                vec![("encrypted", "True")],
+                "",
+                Access::Mount,
+                Err("encrypted"),
+            ),
+            (
+                "kms forces encryption",
+                10,
+                vec![("kmsKeyId", "arn:aws:kms:us-east-1:1:key/x")],
+                "",
+                Access::Mount,
+                Ok(|s| s.encrypted && s.kms_key_id.is_some()),
+            ),
+            (
+                "fstype from capability",
+                10,
+                vec![],
+                "xfs",
+                Access::Mount,
+                Ok(|s| s.fs_type == "xfs"),
+            ),
+            (
+                "fstype param",
+                10,
+                vec![("csi.storage.k8s.io/fstype", "ext3")],
+                "",
+                Access::Mount,
+                Ok(|s| s.fs_type == "ext3"),
+            ),
+            (
+                "fstype unsupported",
+                10,
+                vec![],
+                "btrfs",
+                Access::Mount,
+                Err("fstype"),
+            ),
+            (
+                "block size ext4",
+                10,
+                vec![("blockSize", "4096")],
+                "",
+                Access::Mount,
+                Ok(|s| s.format.mkfs_args("ext4") == ["-b", "4096"]),
+            ),
+            (
+                "block size xfs",
+                10,
+                vec![("blockSize", "4096"), ("inodeSize", "512")],
+                "xfs",
+                Access::Mount,
+                Ok(|s| s.format.mkfs_args("xfs") == ["-b", "size=4096", "-i", "size=512"]),
+            ),
+            (
+                "block size not a number",
+                10,
+                vec![("blockSize", "4k")],
+                "",
+                Access::Mount,
+                Err("blockSize"),
+            ),
+            (
+                "block size shell",
+                10,
+                vec![("blockSize", "1;reboot")],
+                "",
+                Access::Mount,
+                Err("blockSize"),
+            ),
+            (
+                "bytesPerInode on xfs",
+                10,
+                vec![("bytesPerInode", "8192")],
+                "xfs",
+                Access::Mount,
+                Err("bytesPerInode"),
+            ),
+            (
+                "numberOfInodes on xfs",
+                10,
+                vec![("numberOfInodes", "1000")],
+                "xfs",
+                Access::Mount,
+                Err("numberOfInodes"),
+            ),
+            (
+                "ext options",
+                10,
+                vec![
+                    ("bytesPerInode", "8192"),
+                    ("numberOfInodes", "1000"),
+                    ("inodeSize", "256"),
+                ],
+                "ext3",
+                Access::Mount,
+                Ok(|s| s.format.mkfs_args("ext3") == ["-I", "256", "-i", "8192", "-N", "1000"]),
+            ),
+            (
+                "bigalloc on ext3",
+                10,
+                vec![("ext4BigAlloc", "true")],
+                "ext3",
+                Access::Mount,
+                Err("ext4BigAlloc"),
+            ),
+            (
+                "bigalloc",
+                10,
+                vec![("ext4BigAlloc", "true"), ("ext4ClusterSize", "65536")],
+                "",
+                Access::Mount,
+                Ok(|s| s.format.mkfs_args("ext4") == ["-O", "bigalloc", "-C", "65536"]),
+            ),
+            (
+                "cluster size without bigalloc",
+                10,
+                vec![("ext4ClusterSize", "65536")],
+                "",
+                Access::Mount,
+                Err("ext4ClusterSize"),
+            ),
+            (
+                "format params on block",
+                10,
+                vec![("blockSize", "4096")],
+                "",
+                Access::Block,
+                Err("blockSize"),
+            ),
+            (
+                "block ignores fstype",
+                10,
+                vec![],
+                "",
+                Access::Block,
+                Ok(|s| s.format.is_empty()),
+            ),
+            (
+                "pvc metadata tags",
+                10,
+                vec![
+                    ("csi.storage.k8s.io/pvc/name", "data"),
+                    ("csi.storage.k8s.io/pvc/namespace", "db"),
+                    ("csi.storage.k8s.io/pv/name", "pv-1"),
+                ],
+                "",
+                Access::Mount,
+                Ok(|s| {
+                    s.tags[TAG_PVC_NAME] == "data"
+                        && s.tags[TAG_PVC_NAMESPACE] == "db"
+                        && s.tags[TAG_PV_NAME] == "pv-1"
+                        && s.tags[TAG_VOLUME_NAME] == "pvc-1"
+                        && s.tags[TAG_CLUSTER] == "true"
+                }),
+            ),
+            (
+                "tag spec templated",
+                10,
+                vec![
+                    (
+                        "tagSpecification_1",
+                        "owner={{ .PVCNamespace }}/{{.PVCName}}",
+                    ),
+                    ("csi.storage.k8s.io/pvc/name", "data"),
+                    ("csi.storage.k8s.io/pvc/namespace", "db"),
+                ],
+                "",
+                Access::Mount,
+                Ok(|s| s.tags["owner"] == "db/data"),
+            ),
+            (
+                "tag spec without =",
+                10,
+                vec![("tagSpecification_1", "owner")],
+                "",
+                Access::Mount,
+                Err("tagSpecification_1"),
+            ),
+            (
+                "tag spec reserved",
+                10,
+                vec![("tagSpecification_2", "CSIVolumeName=x")],
+                "",
+                Access::Mount,
+                Err("reserved"),
+            ),
+            (
+                "tag spec unknown field",
+                10,
+                vec![("tagSpecification_3", "a={{ .Secret }}")],
+                "",
+                Access::Mount,
+                Err("unknown template field"),
+            ),
+            (
+                "blockExpress no-op",
+                10,
+                vec![("blockExpress", "true")],
+                "",
+                Access::Mount,
+                Ok(|s| s.volume_type == "gp3"),
+            ),
         ];
         for (what, size, params, fs, access, want) in cases {
             let got = volume_spec("pvc-1", size, &p(&params), fs, access);
@@ -799,7 +1231,11 @@ mod tests {
         let s = volume_spec(
             "v",
             10,
-            &p(&[("ext4BigAlloc", "true"), ("ext4ClusterSize", "16384"), ("blockSize", "4096")]),
+            &p(&[
+                ("ext4BigAlloc", "true"),
+                ("ext4ClusterSize", "16384"),
+                ("blockSize", "4096"),
+            ]),
             "",
             Access::Mount,
         )
@@ -821,7 +1257,12 @@ mod tests {
         assert_eq!(m.iops, Some(4000));
         assert_eq!(m.add_tags["team"], "db");
         assert_eq!(m.delete_tags, ["old"]);
-        for bad in [("type", "fast"), ("size", "10"), ("iops", "-1"), ("tagDeletion_1", "CSIVolumeName")] {
+        for bad in [
+            ("type", "fast"),
+            ("size", "10"),
+            ("iops", "-1"),
+            ("tagDeletion_1", "CSIVolumeName"),
+        ] {
             assert!(modification(&p(&[bad])).is_err(), "{bad:?}");
         }
     }

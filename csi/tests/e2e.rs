@@ -1,0 +1,647 @@
+//! ebs-csi end to end against vpcsim: the real binary as controller (on the host, EC2 through
+//! vpcsim's endpoint) and as the node plugin of each of two nodes (in the node's network
+//! namespace for IMDS, the host's mount namespace for mounts), driven over their unix sockets
+//! as the external-provisioner/attacher/resizer/snapshotter and kubelet would.
+
+use e2e::node::{NodeInfo, Options, Vpcsim};
+use nodewire_proto::csi::controller_client::ControllerClient;
+use nodewire_proto::csi::identity_client::IdentityClient;
+use nodewire_proto::csi::node_client::NodeClient;
+use nodewire_proto::csi::*;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const GIB: i64 = 1 << 30;
+
+struct Plugin {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+impl Plugin {
+    fn start(cmd: &mut Command, socket: PathBuf, log: PathBuf) -> Plugin {
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"));
+        Plugin {
+            child: cmd.spawn().expect("spawn ebs-csi"),
+            socket,
+            log,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.socket.exists() {
+                let path = self.socket.clone();
+                let ch = tonic::transport::Endpoint::try_from("http://csi.local")
+                    .expect("endpoint")
+                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                        let path = path.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                                tokio::net::UnixStream::connect(path).await?,
+                            ))
+                        }
+                    }))
+                    .await;
+                if let Ok(ch) = ch {
+                    return ch;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ebs-csi never listened: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn base_cmd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ebs-csi"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .env("RUST_LOG", "info");
+    c
+}
+
+fn controller(sim: &Vpcsim, dir: &Path) -> Plugin {
+    let socket = dir.join("controller.sock");
+    let mut c = base_cmd();
+    c.env("AWS_ENDPOINT_URL_EC2", &sim.info.ec2_endpoint_local)
+        .env("AWS_REGION", "us-east-1")
+        .args(["--mode", "controller", "--ec2-wait-seconds", "30"])
+        .arg(format!("--endpoint=unix://{}", socket.display()));
+    Plugin::start(&mut c, socket, dir.join("controller.log"))
+}
+
+/// The node plugin: in the node's network namespace (IMDS), the host's mount namespace.
+fn node_plugin(node: &NodeInfo, dir: &Path, kubelet: &Path) -> Plugin {
+    let socket = dir.join(format!("{}.sock", node.name));
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/var/run/netns/{}", node.netns))
+        .arg(env!("CARGO_BIN_EXE_ebs-csi"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .args(["--mode", "node", "--device-wait-seconds", "15"])
+        .arg(format!("--endpoint=unix://{}", socket.display()))
+        .arg(format!("--dev-root={}", node.device_dir.display()))
+        .arg(format!(
+            "--serial-dir={}",
+            node.device_dir.join("serial").display()
+        ))
+        .arg(format!("--kubelet-root={}", kubelet.display()));
+    Plugin::start(&mut c, socket, dir.join(format!("{}.log", node.name)))
+}
+
+/// Unmounts everything under `root` (deepest first), also when a test fails half way.
+struct Mounts(PathBuf);
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for _ in 0..4 {
+            let ms = ebs_csi::mount::mounts().unwrap_or_default();
+            let mut under: Vec<_> = ms
+                .iter()
+                .filter(|m| m.mount_point.starts_with(&self.0))
+                .map(|m| m.mount_point.clone())
+                .collect();
+            if under.is_empty() {
+                return;
+            }
+            under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+            for p in under {
+                let _ = Command::new("umount").arg("-l").arg(&p).status();
+            }
+        }
+    }
+}
+
+fn mount_cap(fs: &str) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Mount(
+            volume_capability::MountVolume {
+                fs_type: fs.into(),
+                ..Default::default()
+            },
+        )),
+        access_mode: Some(volume_capability::AccessMode {
+            mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+fn block_cap() -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Block(
+            volume_capability::BlockVolume {},
+        )),
+        access_mode: Some(volume_capability::AccessMode {
+            mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+fn cap_of(fs: &str) -> VolumeCapability {
+    if fs == "block" {
+        block_cap()
+    } else {
+        mount_cap(fs)
+    }
+}
+
+fn create_req(name: &str, gib: i64, fs: &str, az: &str) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: gib * GIB,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![cap_of(fs)],
+        parameters: [("type".to_string(), "gp3".to_string())]
+            .into_iter()
+            .collect(),
+        accessibility_requirements: Some(TopologyRequirement {
+            requisite: vec![],
+            preferred: vec![Topology {
+                segments: [("topology.kubernetes.io/zone".to_string(), az.to_string())]
+                    .into_iter()
+                    .collect(),
+            }],
+        }),
+        ..Default::default()
+    }
+}
+
+struct World {
+    ctl: ControllerClient<Channel>,
+    nodes: Vec<(NodeInfo, NodeClient<Channel>)>,
+    kubelet: PathBuf,
+}
+
+impl World {
+    fn staging(&self, vol: &str) -> String {
+        self.kubelet
+            .join(format!("plugins/kubernetes.io/csi/ebs/{vol}/globalmount"))
+            .display()
+            .to_string()
+    }
+    fn target(&self, vol: &str, pod: &str) -> String {
+        self.kubelet
+            .join(format!("pods/{pod}/volumes/kubernetes.io~csi/{vol}/mount"))
+            .display()
+            .to_string()
+    }
+
+    /// ControllerPublish + NodeStage + NodePublish on node `n`: the pod's path.
+    async fn attach(
+        &mut self,
+        vol: &str,
+        n: usize,
+        fs: &str,
+        ctx: &HashMap<String, String>,
+    ) -> String {
+        let node_id = self.nodes[n].0.instance_id.clone();
+        let pc = self
+            .ctl
+            .controller_publish_volume(ControllerPublishVolumeRequest {
+                volume_id: vol.into(),
+                node_id,
+                volume_capability: Some(cap_of(fs)),
+                ..Default::default()
+            })
+            .await
+            .expect("ControllerPublish")
+            .into_inner()
+            .publish_context;
+        assert!(pc["devicePath"].starts_with("/dev/xvd"), "{pc:?}");
+        let staging = self.staging(vol);
+        let target = self.target(vol, &format!("pod-{n}"));
+        let nc = &mut self.nodes[n].1;
+        for _ in 0..2 {
+            // Twice: stage is idempotent.
+            nc.node_stage_volume(NodeStageVolumeRequest {
+                volume_id: vol.into(),
+                publish_context: pc.clone(),
+                staging_target_path: staging.clone(),
+                volume_capability: Some(cap_of(fs)),
+                volume_context: ctx.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("NodeStage");
+        }
+        for _ in 0..2 {
+            nc.node_publish_volume(NodePublishVolumeRequest {
+                volume_id: vol.into(),
+                publish_context: pc.clone(),
+                staging_target_path: staging.clone(),
+                target_path: target.clone(),
+                volume_capability: Some(cap_of(fs)),
+                ..Default::default()
+            })
+            .await
+            .expect("NodePublish");
+        }
+        target
+    }
+
+    async fn detach(&mut self, vol: &str, n: usize, target: &str) {
+        let staging = self.staging(vol);
+        let nc = &mut self.nodes[n].1;
+        for _ in 0..2 {
+            nc.node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: vol.into(),
+                target_path: target.into(),
+            })
+            .await
+            .expect("NodeUnpublish");
+            nc.node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id: vol.into(),
+                staging_target_path: staging.clone(),
+            })
+            .await
+            .expect("NodeUnstage");
+        }
+        assert!(!Path::new(target).exists(), "target removed");
+        let node_id = self.nodes[n].0.instance_id.clone();
+        for _ in 0..2 {
+            self.ctl
+                .controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+                    volume_id: vol.into(),
+                    node_id: node_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("ControllerUnpublish");
+        }
+    }
+}
+
+fn write_data(target: &str, fs: &str, seed: u8) -> Vec<u8> {
+    let data: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    if fs == "block" {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(target)
+            .expect("open block");
+        f.write_all(&data).expect("write block");
+        f.sync_all().expect("sync");
+    } else {
+        let p = Path::new(target).join("data.bin");
+        std::fs::write(&p, &data).expect("write file");
+        std::fs::File::open(&p)
+            .and_then(|f| f.sync_all())
+            .expect("sync");
+    }
+    data
+}
+
+fn read_data(target: &str, fs: &str, len: usize) -> Vec<u8> {
+    if fs == "block" {
+        use std::io::Read;
+        let mut buf = vec![0; len];
+        std::fs::File::open(target)
+            .expect("open block")
+            .read_exact(&mut buf)
+            .expect("read");
+        buf
+    } else {
+        std::fs::read(Path::new(target).join("data.bin")).expect("read file")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_move_between_nodes_grow_and_restore_from_snapshots() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sim = Vpcsim::start(Options {
+        nodes: 2,
+        instance_type: "m5.large".into(),
+        state_dir: dir.path().join("vpc"),
+        timing: e2e::sim::Timing {
+            attach_ms: 50,
+            detach_ms: 50,
+            create_ms: 30,
+            modify_ms: 50,
+            snapshot_ms: 50,
+            imds_lag_ms: 100,
+        },
+        seed: 5,
+        imds_v1: false,
+        zone: None,
+    })
+    .await
+    .expect("vpcsim");
+    let kubelet = dir.path().join("kubelet");
+    std::fs::create_dir_all(&kubelet).expect("kubelet dir");
+    let mounts = Mounts(kubelet.clone());
+    let ctl_p = controller(&sim, dir.path());
+    let node_ps: Vec<Plugin> = sim
+        .info
+        .nodes
+        .iter()
+        .map(|n| node_plugin(n, dir.path(), &kubelet))
+        .collect();
+    let ctl = ControllerClient::new(ctl_p.channel().await);
+    let mut nodes = vec![];
+    for (n, p) in sim.info.nodes.iter().zip(&node_ps) {
+        nodes.push((n.clone(), NodeClient::new(p.channel().await)));
+    }
+    let az = sim.info.nodes[0].az.clone();
+    let mut w = World {
+        ctl,
+        nodes,
+        kubelet: kubelet.clone(),
+    };
+
+    // Identity and node info.
+    let mut id = IdentityClient::new(ctl_p.channel().await);
+    let info = id
+        .get_plugin_info(GetPluginInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!(info.name, "ebs.csi.nodewire.dev");
+    assert_eq!(
+        id.probe(ProbeRequest {})
+            .await
+            .expect("probe")
+            .into_inner()
+            .ready,
+        Some(true)
+    );
+    let ni = w.nodes[0]
+        .1
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .expect("NodeGetInfo")
+        .into_inner();
+    assert_eq!(ni.node_id, sim.info.nodes[0].instance_id);
+    assert_eq!(
+        ni.max_volumes_per_node, 26,
+        "m5.large: 27 shared slots − root, one ENI"
+    );
+    assert_eq!(
+        ni.accessible_topology.expect("topology").segments["topology.kubernetes.io/zone"],
+        az
+    );
+
+    let mut volumes = vec![];
+    for fs in ["ext4", "xfs", "block"] {
+        let name = format!("pvc-{fs}");
+        let req = create_req(&name, 10, fs, &az);
+        let v = w
+            .ctl
+            .create_volume(req.clone())
+            .await
+            .expect("CreateVolume")
+            .into_inner()
+            .volume
+            .expect("volume");
+        assert_eq!(v.capacity_bytes, 10 * GIB);
+        // Idempotent by name; other parameters for the same name: AlreadyExists.
+        let again = w
+            .ctl
+            .create_volume(req.clone())
+            .await
+            .expect("repeat")
+            .into_inner()
+            .volume
+            .expect("volume");
+        assert_eq!(again.volume_id, v.volume_id);
+        let mut other = req.clone();
+        other.capacity_range = Some(CapacityRange {
+            required_bytes: 11 * GIB,
+            limit_bytes: 0,
+        });
+        let e = w.ctl.create_volume(other).await.expect_err("other size");
+        assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+        let vol = v.volume_id.clone();
+        let ctx = v.volume_context.clone();
+
+        let t1 = w.attach(&vol, 0, fs, &ctx).await;
+        let data = write_data(&t1, fs, 7);
+        w.detach(&vol, 0, &t1).await;
+        let t2 = w.attach(&vol, 1, fs, &ctx).await;
+        assert!(
+            read_data(&t2, fs, data.len()) == data,
+            "{fs}: data moved with the volume"
+        );
+        volumes.push((vol, fs, t2, data));
+    }
+
+    // Online expansion of the xfs volume on node 2: the filesystem sees it (df). (Online ext4
+    // growth needs CAP_SYS_RESOURCE, which the CI machine's bounding set lacks; the node
+    // DaemonSet has it.)
+    let (vol, _, t2, _) = volumes[1].clone();
+    let r = w
+        .ctl
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: vol.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 20 * GIB,
+                limit_bytes: 0,
+            }),
+            volume_capability: Some(mount_cap("xfs")),
+            ..Default::default()
+        })
+        .await
+        .expect("ControllerExpand")
+        .into_inner();
+    assert_eq!(r.capacity_bytes, 20 * GIB);
+    assert!(r.node_expansion_required);
+    w.nodes[1]
+        .1
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: vol.clone(),
+            volume_path: t2.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 20 * GIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("NodeExpand");
+    let stats = w.nodes[1]
+        .1
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: vol.clone(),
+            volume_path: t2.clone(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    let total = stats
+        .usage
+        .iter()
+        .find(|u| u.unit == volume_usage::Unit::Bytes as i32)
+        .expect("bytes")
+        .total;
+    assert!(total > 19 * GIB, "df shows the new size: {total}");
+    assert!(!stats.volume_condition.expect("condition").abnormal);
+    let df = Command::new("df")
+        .args(["-B1", "--output=size", &t2])
+        .output()
+        .expect("df");
+    let df_size: i64 = String::from_utf8_lossy(&df.stdout)
+        .lines()
+        .nth(1)
+        .unwrap_or("0")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(df_size > 19 * GIB, "df: {df_size}");
+
+    // Snapshot of the ext4 volume → a new volume from it → the same bytes.
+    let (vol, _, _, data) = volumes[0].clone();
+    let snap = w
+        .ctl
+        .create_snapshot(CreateSnapshotRequest {
+            source_volume_id: vol.clone(),
+            name: "snap-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("CreateSnapshot")
+        .into_inner()
+        .snapshot
+        .expect("snapshot");
+    let again = w
+        .ctl
+        .create_snapshot(CreateSnapshotRequest {
+            source_volume_id: vol.clone(),
+            name: "snap-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("repeat snapshot")
+        .into_inner()
+        .snapshot
+        .expect("snapshot");
+    assert_eq!(again.snapshot_id, snap.snapshot_id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = w
+            .ctl
+            .list_snapshots(ListSnapshotsRequest {
+                snapshot_id: snap.snapshot_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("ListSnapshots")
+            .into_inner();
+        if l.entries
+            .first()
+            .and_then(|e| e.snapshot.as_ref())
+            .is_some_and(|s| s.ready_to_use)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "snapshot never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut from = create_req("pvc-restored", 20, "ext4", &az);
+    from.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Snapshot(
+            volume_content_source::SnapshotSource {
+                snapshot_id: snap.snapshot_id.clone(),
+            },
+        )),
+    });
+    let restored = w
+        .ctl
+        .create_volume(from)
+        .await
+        .expect("from snapshot")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let rt = w
+        .attach(&restored.volume_id, 0, "ext4", &restored.volume_context)
+        .await;
+    assert!(
+        read_data(&rt, "ext4", data.len()) == data,
+        "restored bytes match"
+    );
+    w.detach(&restored.volume_id, 0, &rt).await;
+    volumes.push((restored.volume_id.clone(), "ext4", String::new(), vec![]));
+
+    // Delete everything.
+    for (vol, fs, t, _) in &volumes {
+        if !t.is_empty() {
+            w.detach(vol, 1, t).await;
+        }
+        let _ = fs;
+        for _ in 0..2 {
+            w.ctl
+                .delete_volume(DeleteVolumeRequest {
+                    volume_id: vol.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("DeleteVolume");
+        }
+    }
+    for _ in 0..2 {
+        w.ctl
+            .delete_snapshot(DeleteSnapshotRequest {
+                snapshot_id: snap.snapshot_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("DeleteSnapshot");
+    }
+    sim.settle().await;
+    {
+        let s = sim.shared.sim();
+        let left: Vec<&String> = s
+            .volumes
+            .values()
+            .filter(|v| !v.is_root)
+            .map(|v| &v.id)
+            .collect();
+        assert!(left.is_empty(), "volumes left: {left:?}");
+        assert!(s.snapshots.is_empty(), "snapshots left");
+        assert!(
+            s.volumes
+                .values()
+                .all(|v| v.is_root || v.attachments.is_empty())
+        );
+    }
+    let left_mounts: Vec<_> = ebs_csi::mount::mounts()
+        .expect("mountinfo")
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(&kubelet))
+        .collect();
+    assert!(left_mounts.is_empty(), "mounts left: {left_mounts:?}");
+    assert!(
+        e2e::node::blockdev::loops_under(&dir.path().join("vpc")).is_empty(),
+        "loop devices left"
+    );
+    drop(mounts);
+    drop(node_ps);
+    drop(ctl_p);
+    sim.shutdown().await.expect("shutdown");
+}
