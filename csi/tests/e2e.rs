@@ -645,3 +645,622 @@ async fn volumes_move_between_nodes_grow_and_restore_from_snapshots() {
     drop(ctl_p);
     sim.shutdown().await.expect("shutdown");
 }
+
+fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+/// The CSI spec's required-argument, not-found and idempotency rules, concurrent duplicates,
+/// and the attachment limit NodeGetInfo announces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_rules_concurrency_and_the_attachment_limit() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sim = Vpcsim::start(Options {
+        nodes: 1,
+        instance_type: "m5.large".into(),
+        state_dir: dir.path().join("vpc"),
+        timing: e2e::sim::Timing {
+            attach_ms: 20,
+            detach_ms: 20,
+            create_ms: 10,
+            modify_ms: 20,
+            snapshot_ms: 20,
+            imds_lag_ms: 50,
+        },
+        seed: 6,
+        imds_v1: false,
+        zone: None,
+    })
+    .await
+    .expect("vpcsim");
+    let admin = e2e::client::Admin::new(&sim.info.admin_url);
+    let kubelet = dir.path().join("kubelet");
+    std::fs::create_dir_all(&kubelet).expect("kubelet dir");
+    let _mounts = Mounts(kubelet.clone());
+    let ctl_p = controller(&sim, dir.path());
+    let node = sim.info.nodes[0].clone();
+    let node_p = node_plugin(&node, dir.path(), &kubelet);
+    let mut c = ControllerClient::new(ctl_p.channel().await);
+    let mut n = NodeClient::new(node_p.channel().await);
+    let az = node.az.clone();
+    let missing_vol = "vol-0123456789abcdef0".to_string();
+    let k = |p: &str| kubelet.join(p).display().to_string();
+
+    let v = c
+        .create_volume(create_req("pvc-rules", 1, "ext4", &az))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let vol = v.volume_id.clone();
+
+    // Controller.
+    let mut bad_mode = create_req("pvc-x", 1, "ext4", &az);
+    bad_mode.volume_capabilities[0].access_mode = Some(volume_capability::AccessMode {
+        mode: volume_capability::access_mode::Mode::MultiNodeMultiWriter as i32,
+    });
+    let mut no_caps = create_req("pvc-x", 1, "ext4", &az);
+    no_caps.volume_capabilities.clear();
+    let mut bad_param = create_req("pvc-x", 1, "ext4", &az);
+    bad_param.parameters.insert("type".into(), "gp9".into());
+    let mut too_big = create_req("pvc-x", 20000, "ext4", &az);
+    too_big.parameters.insert("type".into(), "gp3".into());
+    let mut from_missing = create_req("pvc-x", 1, "ext4", &az);
+    from_missing.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Snapshot(
+            volume_content_source::SnapshotSource {
+                snapshot_id: "snap-0123456789abcdef0".into(),
+            },
+        )),
+    });
+    let cases: Vec<(&str, Code, Code)> = vec![
+        (
+            "CreateVolume no name",
+            code(c.create_volume(create_req("", 1, "ext4", &az)).await),
+            Code::InvalidArgument,
+        ),
+        (
+            "CreateVolume no capabilities",
+            code(c.create_volume(no_caps).await),
+            Code::InvalidArgument,
+        ),
+        (
+            "CreateVolume multi-node",
+            code(c.create_volume(bad_mode).await),
+            Code::InvalidArgument,
+        ),
+        (
+            "CreateVolume bad parameter",
+            code(c.create_volume(bad_param).await),
+            Code::InvalidArgument,
+        ),
+        (
+            "CreateVolume too big",
+            code(c.create_volume(too_big).await),
+            Code::OutOfRange,
+        ),
+        (
+            "CreateVolume missing snapshot",
+            code(c.create_volume(from_missing).await),
+            Code::NotFound,
+        ),
+        (
+            "DeleteVolume no id",
+            code(c.delete_volume(DeleteVolumeRequest::default()).await),
+            Code::InvalidArgument,
+        ),
+        (
+            "DeleteVolume missing",
+            code(
+                c.delete_volume(DeleteVolumeRequest {
+                    volume_id: missing_vol.clone(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::Ok,
+        ),
+        (
+            "DeleteVolume malformed id",
+            code(
+                c.delete_volume(DeleteVolumeRequest {
+                    volume_id: "vol-fake".into(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::Ok,
+        ),
+        (
+            "Publish no volume",
+            code(
+                c.controller_publish_volume(ControllerPublishVolumeRequest {
+                    node_id: node.instance_id.clone(),
+                    volume_capability: Some(mount_cap("ext4")),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Publish no node",
+            code(
+                c.controller_publish_volume(ControllerPublishVolumeRequest {
+                    volume_id: vol.clone(),
+                    volume_capability: Some(mount_cap("ext4")),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Publish no capability",
+            code(
+                c.controller_publish_volume(ControllerPublishVolumeRequest {
+                    volume_id: vol.clone(),
+                    node_id: node.instance_id.clone(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Publish missing volume",
+            code(
+                c.controller_publish_volume(ControllerPublishVolumeRequest {
+                    volume_id: missing_vol.clone(),
+                    node_id: node.instance_id.clone(),
+                    volume_capability: Some(mount_cap("ext4")),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::NotFound,
+        ),
+        (
+            "Publish missing node",
+            code(
+                c.controller_publish_volume(ControllerPublishVolumeRequest {
+                    volume_id: vol.clone(),
+                    node_id: "i-0123456789abcdef0".into(),
+                    volume_capability: Some(mount_cap("ext4")),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::NotFound,
+        ),
+        (
+            "Unpublish missing volume",
+            code(
+                c.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+                    volume_id: missing_vol.clone(),
+                    node_id: node.instance_id.clone(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::Ok,
+        ),
+        (
+            "Unpublish not attached",
+            code(
+                c.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+                    volume_id: vol.clone(),
+                    node_id: node.instance_id.clone(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::Ok,
+        ),
+        (
+            "Validate missing volume",
+            code(
+                c.validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
+                    volume_id: missing_vol.clone(),
+                    volume_capabilities: vec![mount_cap("ext4")],
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::NotFound,
+        ),
+        (
+            "Validate no capabilities",
+            code(
+                c.validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
+                    volume_id: vol.clone(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Expand no capacity",
+            code(
+                c.controller_expand_volume(ControllerExpandVolumeRequest {
+                    volume_id: vol.clone(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Expand missing volume",
+            code(
+                c.controller_expand_volume(ControllerExpandVolumeRequest {
+                    volume_id: missing_vol.clone(),
+                    capacity_range: Some(CapacityRange {
+                        required_bytes: 2 * GIB,
+                        limit_bytes: 0,
+                    }),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::NotFound,
+        ),
+        (
+            "Modify missing volume",
+            code(
+                c.controller_modify_volume(ControllerModifyVolumeRequest {
+                    volume_id: missing_vol.clone(),
+                    mutable_parameters: [("iops".to_string(), "4000".to_string())]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::NotFound,
+        ),
+        (
+            "Modify bad parameter",
+            code(
+                c.controller_modify_volume(ControllerModifyVolumeRequest {
+                    volume_id: vol.clone(),
+                    mutable_parameters: [("size".to_string(), "4".to_string())]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Snapshot no name",
+            code(
+                c.create_snapshot(CreateSnapshotRequest {
+                    source_volume_id: vol.clone(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Snapshot missing volume",
+            code(
+                c.create_snapshot(CreateSnapshotRequest {
+                    source_volume_id: missing_vol.clone(),
+                    name: "s".into(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::NotFound,
+        ),
+        (
+            "DeleteSnapshot no id",
+            code(c.delete_snapshot(DeleteSnapshotRequest::default()).await),
+            Code::InvalidArgument,
+        ),
+        (
+            "DeleteSnapshot missing",
+            code(
+                c.delete_snapshot(DeleteSnapshotRequest {
+                    snapshot_id: "snap-0123456789abcdef0".into(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::Ok,
+        ),
+        (
+            "ListSnapshots bad token",
+            code(
+                c.list_snapshots(ListSnapshotsRequest {
+                    starting_token: "nope".into(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::Aborted,
+        ),
+        (
+            "ListVolumes",
+            code(c.list_volumes(ListVolumesRequest::default()).await),
+            Code::Unimplemented,
+        ),
+        // Node.
+        (
+            "Stage no volume",
+            code(
+                n.node_stage_volume(NodeStageVolumeRequest {
+                    staging_target_path: k("s"),
+                    volume_capability: Some(mount_cap("ext4")),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Stage no path",
+            code(
+                n.node_stage_volume(NodeStageVolumeRequest {
+                    volume_id: vol.clone(),
+                    volume_capability: Some(mount_cap("ext4")),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Stage no capability",
+            code(
+                n.node_stage_volume(NodeStageVolumeRequest {
+                    volume_id: vol.clone(),
+                    staging_target_path: k("s"),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Stage outside the kubelet root",
+            code(
+                n.node_stage_volume(NodeStageVolumeRequest {
+                    volume_id: vol.clone(),
+                    staging_target_path: "/etc/x".into(),
+                    volume_capability: Some(mount_cap("ext4")),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Stage with ..",
+            code(
+                n.node_stage_volume(NodeStageVolumeRequest {
+                    volume_id: vol.clone(),
+                    staging_target_path: k("a/../../../etc"),
+                    volume_capability: Some(mount_cap("ext4")),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Stage a volume not attached here",
+            code(
+                n.node_stage_volume(NodeStageVolumeRequest {
+                    volume_id: missing_vol.clone(),
+                    staging_target_path: k("s"),
+                    volume_capability: Some(mount_cap("ext4")),
+                    publish_context: [("devicePath".to_string(), "/dev/xvdzz".to_string())]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::NotFound,
+        ),
+        (
+            "Unstage not staged",
+            code(
+                n.node_unstage_volume(NodeUnstageVolumeRequest {
+                    volume_id: vol.clone(),
+                    staging_target_path: k("s"),
+                })
+                .await,
+            ),
+            Code::Ok,
+        ),
+        (
+            "Publish no target",
+            code(
+                n.node_publish_volume(NodePublishVolumeRequest {
+                    volume_id: vol.clone(),
+                    staging_target_path: k("s"),
+                    volume_capability: Some(mount_cap("ext4")),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Publish not staged",
+            code(
+                n.node_publish_volume(NodePublishVolumeRequest {
+                    volume_id: vol.clone(),
+                    staging_target_path: k("s"),
+                    target_path: k("t"),
+                    volume_capability: Some(mount_cap("ext4")),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::FailedPrecondition,
+        ),
+        (
+            "Unpublish not published",
+            code(
+                n.node_unpublish_volume(NodeUnpublishVolumeRequest {
+                    volume_id: vol.clone(),
+                    target_path: k("t"),
+                })
+                .await,
+            ),
+            Code::Ok,
+        ),
+        (
+            "Stats missing path",
+            code(
+                n.node_get_volume_stats(NodeGetVolumeStatsRequest {
+                    volume_id: vol.clone(),
+                    volume_path: k("gone"),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::NotFound,
+        ),
+        (
+            "Expand missing path",
+            code(
+                n.node_expand_volume(NodeExpandVolumeRequest {
+                    volume_id: vol.clone(),
+                    volume_path: k("gone"),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::NotFound,
+        ),
+    ];
+    let wrong: Vec<_> = cases.iter().filter(|(_, got, want)| got != want).collect();
+    assert!(
+        wrong.is_empty(),
+        "wrong codes (case, got, want): {wrong:#?}"
+    );
+
+    // Concurrent duplicates: while one publish waits for a slow attach, the same call answers
+    // ABORTED (the CO retries), and the retry after it finishes succeeds with the same device.
+    let mut slow = admin.timing().await.expect("timing");
+    slow.attach_ms = 1500;
+    admin.set_timing(slow).await.expect("slow attach");
+    let publish = ControllerPublishVolumeRequest {
+        volume_id: vol.clone(),
+        node_id: node.instance_id.clone(),
+        volume_capability: Some(mount_cap("ext4")),
+        ..Default::default()
+    };
+    let (mut c1, mut c2) = (c.clone(), c.clone());
+    let first = tokio::spawn({
+        let p = publish.clone();
+        async move { c1.controller_publish_volume(p).await }
+    });
+    // The second call starts once the first has reserved its device name (EC2 shows it attaching).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sim.shared.sim().volumes[&vol]
+        .attachments
+        .iter()
+        .any(|a| a.instance_id == node.instance_id)
+    {
+        assert!(Instant::now() < deadline, "first publish never attached");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dup = c2.controller_publish_volume(publish.clone()).await;
+    assert_eq!(code(dup), Code::Aborted);
+    let dev1 = first
+        .await
+        .expect("join")
+        .expect("first publish")
+        .into_inner()
+        .publish_context;
+    slow.attach_ms = 20;
+    admin.set_timing(slow).await.expect("fast attach");
+    let dev2 = c
+        .controller_publish_volume(publish.clone())
+        .await
+        .expect("retry")
+        .into_inner()
+        .publish_context;
+    assert_eq!(dev1, dev2, "a repeated publish answers the same device");
+
+    // The attachment limit: NodeGetInfo says 26 on an m5.large with one ENI; the 27th volume is
+    // refused with RESOURCE_EXHAUSTED.
+    let max = n
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner()
+        .max_volumes_per_node;
+    assert_eq!(max, 26);
+    let mut ids = vec![vol.clone()];
+    for i in 1..=max {
+        let v = c
+            .create_volume(create_req(&format!("pvc-lim-{i}"), 1, "ext4", &az))
+            .await
+            .expect("create")
+            .into_inner()
+            .volume
+            .expect("volume");
+        ids.push(v.volume_id.clone());
+        let mut p = publish.clone();
+        p.volume_id = v.volume_id.clone();
+        let r = c.controller_publish_volume(p).await;
+        if i < max {
+            r.expect("within the limit");
+        } else {
+            assert_eq!(
+                code(r),
+                Code::ResourceExhausted,
+                "volume {} of {max}",
+                i + 1
+            );
+        }
+    }
+    let e = c
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: vol.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        code(e),
+        Code::FailedPrecondition,
+        "an attached volume is not deleted"
+    );
+    for id in &ids {
+        c.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            node_id: node.instance_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("unpublish");
+        c.delete_volume(DeleteVolumeRequest {
+            volume_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    }
+    sim.settle().await;
+    assert!(
+        sim.shared.sim().volumes.values().all(|v| v.is_root),
+        "volumes left"
+    );
+    drop(node_p);
+    drop(ctl_p);
+    sim.shutdown().await.expect("shutdown");
+}
