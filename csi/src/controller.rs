@@ -29,6 +29,8 @@ pub struct Waits {
     pub modify: Duration,
     /// First poll interval; grows ×1.5 up to 2 s.
     pub first_poll: Duration,
+    /// Expansions and modifications of one volume arriving within this are one ModifyVolume.
+    pub coalesce: Duration,
 }
 
 impl Default for Waits {
@@ -39,6 +41,7 @@ impl Default for Waits {
             detach: Duration::from_secs(90),
             modify: Duration::from_secs(120),
             first_poll: Duration::from_millis(100),
+            coalesce: Duration::from_millis(500),
         }
     }
 }
@@ -47,6 +50,7 @@ pub struct ControllerService {
     pub ec2: Ec2,
     pub waits: Waits,
     inflight: Inflight,
+    coalescer: Coalescer,
     /// Device names chosen but not yet visible in DescribeInstances, per instance.
     reserved: Mutex<HashMap<String, BTreeSet<String>>>,
     /// Names EC2 said were in use although DescribeInstances did not show them.
@@ -134,6 +138,7 @@ fn csi_snapshot(s: &crate::cloud::Snapshot) -> nodewire_proto::csi::Snapshot {
 impl ControllerService {
     pub fn new(ec2: Ec2, waits: Waits) -> ControllerService {
         ControllerService {
+            coalescer: Coalescer::new(ec2.clone(), waits),
             ec2,
             waits,
             inflight: Inflight::default(),
@@ -764,7 +769,6 @@ impl Controller for ControllerService {
         let block = r.volume_capability.as_ref().is_some_and(|c| {
             matches!(c.access_type, Some(volume_capability::AccessType::Block(_)))
         });
-        let _g = self.inflight.enter(&r.volume_id)?;
         let Some(v) = self.ec2.volume(&r.volume_id).await.map_err(cloud)? else {
             return Err(Status::not_found(format!(
                 "volume {} does not exist",
@@ -780,31 +784,15 @@ impl Controller for ControllerService {
                     t.name, t.max_gib
                 )));
             }
-            let pending = self.ec2.modification(&r.volume_id).await.map_err(cloud)?;
-            let already = pending
-                .as_ref()
-                .is_some_and(|m| m.target_size_gib >= want && m.state != "failed");
-            if !already {
-                self.ec2
-                    .modify(&r.volume_id, Some(want), None, None, None)
-                    .await
-                    .map_err(|e| match e.code.as_str() {
-                        "VolumeModificationRateExceeded" => Status::unavailable(e.to_string()),
-                        "InvalidParameterValue" | "InvalidParameterCombination" => {
-                            Status::invalid_argument(e.to_string())
-                        }
-                        _ => cloud(e),
-                    })?;
-            }
-            let id = r.volume_id.clone();
-            self.wait_for(&format!("resize of {id}"), self.waits.modify, || async {
-                let m = self.ec2.modification(&id).await.map_err(cloud)?;
-                Ok(
-                    m.filter(|m| m.state == "optimizing" || m.state == "completed")
-                        .map(|_| ()),
+            self.coalescer
+                .run(
+                    &v.id,
+                    Change {
+                        size: Some(want),
+                        ..Change::default()
+                    },
                 )
-            })
-            .await?;
+                .await?;
             tracing::info!(volume = %r.volume_id, size_gib = want, "ControllerExpandVolume");
         }
         Ok(Response::new(ControllerExpandVolumeResponse {
@@ -829,13 +817,33 @@ impl Controller for ControllerService {
         let r = request.into_inner();
         need(&r.volume_id, "volume_id")?;
         let m = params::modification(&map(&r.mutable_parameters)).map_err(bad_param)?;
-        let _g = self.inflight.enter(&r.volume_id)?;
         let Some(v) = self.ec2.volume(&r.volume_id).await.map_err(cloud)? else {
             return Err(Status::not_found(format!(
                 "volume {} does not exist",
                 r.volume_id
             )));
         };
+        let change = Change {
+            size: None,
+            ty: m.volume_type,
+            iops: m.iops,
+            throughput: m.throughput,
+        };
+        // Checked before anything changes, so a refusal leaves the volume as it was.
+        if let Some(t) = params::type_limits(change.ty.unwrap_or(&v.volume_type)) {
+            if change.iops.is_some() && t.iops.is_none() {
+                return Err(Status::invalid_argument(format!(
+                    "parameter iops: {} volumes take no IOPS figure",
+                    t.name
+                )));
+            }
+            if change.throughput.is_some() && t.throughput.is_none() {
+                return Err(Status::invalid_argument(format!(
+                    "parameter throughput: {} volumes take no throughput figure",
+                    t.name
+                )));
+            }
+        }
         if !m.delete_tags.is_empty() {
             self.ec2
                 .delete_tags(&v.id, &m.delete_tags)
@@ -848,39 +856,320 @@ impl Controller for ControllerService {
                 .await
                 .map_err(cloud)?;
         }
-        // Only what differs goes to EC2 (a no-op ModifyVolume is an error there, and each one
-        // starts EC2's 6-hour modification cooldown).
-        let ty = m.volume_type.filter(|t| *t != v.volume_type);
-        let iops = m.iops.filter(|i| Some(*i) != v.iops || ty.is_some());
-        let tp = m
-            .throughput
-            .filter(|t| Some(*t) != v.throughput || ty.is_some());
-        if ty.is_some() || iops.is_some() || tp.is_some() {
-            self.ec2
-                .modify(&v.id, None, ty, iops, tp)
-                .await
-                .map_err(|e| match e.code.as_str() {
-                    "VolumeModificationRateExceeded" => Status::unavailable(e.to_string()),
-                    c if c.starts_with("InvalidParameter") || c == "MissingParameter" => {
-                        Status::invalid_argument(e.to_string())
-                    }
-                    _ => cloud(e),
-                })?;
-            let id = v.id.clone();
-            self.wait_for(
-                &format!("modification of {id}"),
-                self.waits.modify,
-                || async {
-                    let m = self.ec2.modification(&id).await.map_err(cloud)?;
-                    Ok(
-                        m.filter(|m| m.state == "optimizing" || m.state == "completed")
-                            .map(|_| ()),
-                    )
-                },
-            )
-            .await?;
-            tracing::info!(volume = %v.id, ?ty, ?iops, ?tp, "ControllerModifyVolume");
+        if change != Change::default() {
+            self.coalescer.run(&v.id, change.clone()).await?;
+            tracing::info!(volume = %v.id, ?change, "ControllerModifyVolume");
         }
         Ok(Response::new(ControllerModifyVolumeResponse {}))
+    }
+}
+
+/// One volume's requested change: what ControllerExpandVolume and ControllerModifyVolume ask.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    pub size: Option<i64>,
+    pub ty: Option<&'static str>,
+    pub iops: Option<i64>,
+    pub throughput: Option<i64>,
+}
+
+/// Folds `b` into `a`: sizes take the larger; two different values for another field conflict.
+pub fn merge(a: &mut Change, b: &Change) -> Result<(), String> {
+    a.size = a.size.max(b.size);
+    fn one<T: PartialEq + Copy + std::fmt::Debug>(
+        what: &str,
+        x: &mut Option<T>,
+        y: Option<T>,
+    ) -> Result<(), String> {
+        match (*x, y) {
+            (Some(p), Some(q)) if p != q => Err(format!(
+                "{what} {q:?} conflicts with {p:?} requested at the same time"
+            )),
+            (None, Some(q)) => {
+                *x = Some(q);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    one("type", &mut a.ty, b.ty)?;
+    one("iops", &mut a.iops, b.iops)?;
+    one("throughput", &mut a.throughput, b.throughput)
+}
+
+/// What of `c` differs from the volume as it is (EC2 refuses a no-op, and every modification
+/// starts its cooldown). A type change resends IOPS/throughput, which EC2 drops otherwise.
+pub fn delta(v: &Volume, c: &Change) -> Change {
+    let ty = c.ty.filter(|t| *t != v.volume_type);
+    Change {
+        size: c.size.filter(|s| *s > v.size_gib),
+        ty,
+        iops: c.iops.filter(|i| Some(*i) != v.iops || ty.is_some()),
+        throughput: c
+            .throughput
+            .filter(|t| Some(*t) != v.throughput || ty.is_some()),
+    }
+}
+
+struct Pending {
+    change: Change,
+    waiters: Vec<tokio::sync::oneshot::Sender<Result<(), Status>>>,
+}
+
+/// Merges the expansions and modifications of one volume that arrive within `window` into one
+/// EC2 ModifyVolume (EC2 allows one modification per volume every few hours).
+#[derive(Clone)]
+pub struct Coalescer {
+    ec2: Ec2,
+    waits: Waits,
+    pending: std::sync::Arc<tokio::sync::Mutex<HashMap<String, Pending>>>,
+}
+
+impl Coalescer {
+    pub fn new(ec2: Ec2, waits: Waits) -> Coalescer {
+        Coalescer {
+            ec2,
+            waits,
+            pending: Default::default(),
+        }
+    }
+
+    /// Joins (or opens) the volume's batch and waits for its outcome.
+    pub async fn run(&self, id: &str, change: Change) -> Result<(), Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut p = self.pending.lock().await;
+            match p.get_mut(id) {
+                Some(batch) => {
+                    merge(&mut batch.change, &change).map_err(Status::aborted)?;
+                    batch.waiters.push(tx);
+                    false
+                }
+                None => {
+                    p.insert(
+                        id.to_string(),
+                        Pending {
+                            change,
+                            waiters: vec![tx],
+                        },
+                    );
+                    true
+                }
+            }
+        };
+        if lead {
+            // On a task of its own: the batch finishes even if this caller goes away.
+            let me = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(me.waits.coalesce).await;
+                let Some(batch) = me.pending.lock().await.remove(&id) else {
+                    return;
+                };
+                let r = me.apply(&id, &batch.change).await;
+                for w in batch.waiters {
+                    let _ = w.send(r.clone());
+                }
+            });
+        }
+        rx.await
+            .map_err(|_| Status::internal("the modification task ended without an answer"))?
+    }
+
+    async fn settled(&self, id: &str, done: &[&str]) -> Result<(), Status> {
+        let deadline = Instant::now() + self.waits.modify;
+        let mut pause = self.waits.first_poll;
+        loop {
+            let m = self.ec2.modification(id).await.map_err(cloud)?;
+            if m.as_ref().is_none_or(|m| done.contains(&m.state.as_str())) {
+                return Ok(());
+            }
+            if Instant::now() + pause > deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "the modification of {id} did not settle within {:?}; retry",
+                    self.waits.modify
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = pause.mul_f32(1.5).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn apply(&self, id: &str, c: &Change) -> Result<(), Status> {
+        // A modification still running must finish before EC2 takes another.
+        self.settled(id, &["completed", "failed"]).await?;
+        let Some(v) = self.ec2.volume(id).await.map_err(cloud)? else {
+            return Err(Status::not_found(format!("volume {id} does not exist")));
+        };
+        let d = delta(&v, c);
+        if d == Change::default() {
+            return Ok(());
+        }
+        self.ec2
+            .modify(id, d.size, d.ty, d.iops, d.throughput)
+            .await
+            .map_err(|e| match e.code.as_str() {
+                "VolumeModificationRateExceeded" => Status::unavailable(e.to_string()),
+                c if c.starts_with("InvalidParameter") || c == "MissingParameter" => {
+                    Status::invalid_argument(e.to_string())
+                }
+                _ if e.is_not_found() => Status::not_found(e.to_string()),
+                _ => cloud(e),
+            })?;
+        // The new size and performance apply from `optimizing` on.
+        self.settled(id, &["optimizing", "completed"]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vol() -> Volume {
+        Volume {
+            id: "vol-1".into(),
+            size_gib: 10,
+            az: "us-east-1a".into(),
+            state: "in-use".into(),
+            volume_type: "gp3".into(),
+            iops: Some(3000),
+            throughput: Some(125),
+            snapshot_id: None,
+            attachments: vec![],
+            tags: Default::default(),
+        }
+    }
+
+    #[test]
+    fn merging_changes() {
+        let mut a = Change {
+            size: Some(20),
+            ..Change::default()
+        };
+        merge(
+            &mut a,
+            &Change {
+                throughput: Some(200),
+                ..Change::default()
+            },
+        )
+        .expect("merge");
+        merge(
+            &mut a,
+            &Change {
+                size: Some(15),
+                ..Change::default()
+            },
+        )
+        .expect("smaller size");
+        assert_eq!(
+            a,
+            Change {
+                size: Some(20),
+                throughput: Some(200),
+                ..Change::default()
+            }
+        );
+        let e = merge(
+            &mut a,
+            &Change {
+                throughput: Some(300),
+                ..Change::default()
+            },
+        );
+        assert!(e.is_err_and(|m| m.contains("throughput")));
+        merge(
+            &mut a,
+            &Change {
+                throughput: Some(200),
+                ..Change::default()
+            },
+        )
+        .expect("same value");
+    }
+
+    #[test]
+    fn only_differences_go_to_ec2() {
+        let v = vol();
+        let cases = [
+            (
+                Change {
+                    size: Some(10),
+                    ..Change::default()
+                },
+                Change::default(),
+            ),
+            (
+                Change {
+                    size: Some(5),
+                    ..Change::default()
+                },
+                Change::default(),
+            ),
+            (
+                Change {
+                    size: Some(20),
+                    ..Change::default()
+                },
+                Change {
+                    size: Some(20),
+                    ..Change::default()
+                },
+            ),
+            (
+                Change {
+                    ty: Some("gp3"),
+                    iops: Some(3000),
+                    ..Change::default()
+                },
+                Change::default(),
+            ),
+            (
+                Change {
+                    iops: Some(4000),
+                    ..Change::default()
+                },
+                Change {
+                    iops: Some(4000),
+                    ..Change::default()
+                },
+            ),
+            (
+                Change {
+                    ty: Some("io2"),
+                    iops: Some(3000),
+                    ..Change::default()
+                },
+                Change {
+                    ty: Some("io2"),
+                    iops: Some(3000),
+                    ..Change::default()
+                },
+            ),
+        ];
+        for (c, want) in cases {
+            assert_eq!(delta(&v, &c), want, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_and_zones() {
+        assert_eq!(client_token("pvc-1", 0).len(), 64);
+        assert_eq!(client_token("pvc-1", 0), client_token("pvc-1", 0));
+        assert_ne!(client_token("pvc-1", 0), client_token("pvc-1", 1));
+        let t = |k: &str, z: &str| Topology {
+            segments: [(k.to_string(), z.to_string())].into_iter().collect(),
+        };
+        let req = TopologyRequirement {
+            requisite: vec![t("topology.ebs.csi.aws.com/zone", "us-east-1b")],
+            preferred: vec![t("topology.kubernetes.io/zone", "us-east-1c")],
+        };
+        assert_eq!(zone_of(Some(&req)).as_deref(), Some("us-east-1c"));
+        let req = TopologyRequirement {
+            requisite: vec![t("topology.ebs.csi.aws.com/zone", "us-east-1b")],
+            preferred: vec![t("other", "x")],
+        };
+        assert_eq!(zone_of(Some(&req)).as_deref(), Some("us-east-1b"));
+        assert_eq!(zone_of(None), None);
     }
 }

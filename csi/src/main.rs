@@ -74,6 +74,10 @@ struct Cli {
     /// Seconds to wait for EC2 attach/detach/modify before the RPC returns and the CO retries.
     #[arg(long, default_value_t = 90)]
     ec2_wait_seconds: u64,
+    /// Expansions and modifications of one volume arriving within this many milliseconds are
+    /// sent to EC2 as one ModifyVolume.
+    #[arg(long, default_value_t = 500)]
+    modify_coalesce_ms: u64,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -135,6 +139,7 @@ async fn run(cli: Cli) -> Result<()> {
             attach: wait,
             detach: wait,
             modify: wait,
+            coalesce: Duration::from_millis(cli.modify_coalesce_ms),
             ..Waits::default()
         };
         router = router.add_service(ControllerServer::new(ControllerService::new(ec2, waits)));

@@ -1196,6 +1196,45 @@ async fn spec_rules_concurrency_and_the_attachment_limit() {
         .publish_context;
     assert_eq!(dev1, dev2, "a repeated publish answers the same device");
 
+    // An expansion and a modification arriving together are one EC2 ModifyVolume.
+    let (mut c1, mut c2) = (c.clone(), c.clone());
+    let (vid1, vid2) = (vol.clone(), vol.clone());
+    let (e, m) = tokio::join!(
+        async move {
+            c1.controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: vid1,
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 2 * GIB,
+                    limit_bytes: 0,
+                }),
+                volume_capability: Some(mount_cap("ext4")),
+                ..Default::default()
+            })
+            .await
+        },
+        async move {
+            c2.controller_modify_volume(ControllerModifyVolumeRequest {
+                volume_id: vid2,
+                mutable_parameters: [("throughput".to_string(), "200".to_string())]
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+        }
+    );
+    e.expect("expand");
+    m.expect("modify");
+    {
+        let s = sim.shared.sim();
+        let mods = &s.modifications[&vol];
+        assert_eq!(mods.len(), 1, "one ModifyVolume: {mods:?}");
+        assert_eq!(
+            (mods[0].target.size_gib, mods[0].target.throughput),
+            (2, Some(200))
+        );
+    }
+
     // The attachment limit: NodeGetInfo says 26 on an m5.large with one ENI; the 27th volume is
     // refused with RESOURCE_EXHAUSTED.
     let max = n
