@@ -224,13 +224,36 @@ impl ControllerService {
     }
 
     async fn attached_device(&self, id: &str, instance: &str) -> Result<String, Status> {
-        let v = self
+        let waited = self
             .wait_volume(id, self.waits.attach, |v| {
                 v.attachments
                     .iter()
                     .any(|(i, _, s)| i == instance && s == "attached")
             })
-            .await?;
+            .await;
+        let v = match waited {
+            Ok(v) => v,
+            Err(e) if e.code() == tonic::Code::DeadlineExceeded => {
+                // Stuck in `attaching` (a device name the instance cannot use, EC2 trouble):
+                // undo it and avoid the name, so the CO's retry starts clean.
+                if let Ok(Some(v)) = self.ec2.volume(id).await
+                    && let Some((_, dev, _)) = v
+                        .attachments
+                        .iter()
+                        .find(|(i, _, s)| i == instance && s == "attaching")
+                {
+                    self.mark_bad(instance, dev);
+                    let undone = self.ec2.detach(id, instance).await;
+                    tracing::warn!(volume = %id, %instance, device = %dev, ?undone, "stuck attaching: detached");
+                    return Err(Status::deadline_exceeded(format!(
+                        "volume {id} was stuck attaching to {instance} as {dev}; detached it, and \
+                         the retry will use another device name"
+                    )));
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         Ok(v.attachments
             .iter()
             .find(|(i, ..)| i == instance)

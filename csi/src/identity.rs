@@ -15,7 +15,46 @@ pub struct IdentityService {
     /// Set in controller mode: Probe checks EC2 is reachable with these credentials.
     pub ec2: Option<Ec2>,
     pub controller: bool,
+    /// Set in node mode: the device directory Probe checks, with the tools the node runs.
+    pub node_dev_root: Option<std::path::PathBuf>,
     last_ok: Mutex<Option<Instant>>,
+}
+
+/// Tools the node service runs (e2fsprogs, xfsprogs, util-linux).
+pub const NODE_TOOLS: &[&str] = &[
+    "blkid",
+    "mount",
+    "umount",
+    "mkfs.ext2",
+    "mkfs.ext3",
+    "mkfs.ext4",
+    "mkfs.xfs",
+    "resize2fs",
+    "xfs_growfs",
+];
+
+/// The node's local prerequisites: the device directory and every tool on PATH.
+pub fn node_ready(dev_root: &std::path::Path) -> Result<(), String> {
+    if !dev_root.is_dir() {
+        return Err(format!(
+            "device directory {} is missing",
+            dev_root.display()
+        ));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<&str> = NODE_TOOLS
+        .iter()
+        .copied()
+        .filter(|t| !std::env::split_paths(&path).any(|d| d.join(t).is_file()))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "not on PATH: {} (install e2fsprogs, xfsprogs, util-linux)",
+            missing.join(", ")
+        ))
+    }
 }
 
 impl IdentityService {
@@ -24,6 +63,7 @@ impl IdentityService {
             name,
             ec2,
             controller,
+            node_dev_root: None,
             last_ok: Mutex::new(None),
         }
     }
@@ -73,6 +113,9 @@ impl Identity for IdentityService {
         &self,
         _request: Request<ProbeRequest>,
     ) -> Result<Response<ProbeResponse>, Status> {
+        if let Some(d) = &self.node_dev_root {
+            node_ready(d).map_err(Status::failed_precondition)?;
+        }
         if let Some(ec2) = &self.ec2 {
             let mut last = self.last_ok.lock().await;
             if !last.is_some_and(|t| t.elapsed() < PROBE_TTL) {
@@ -85,5 +128,14 @@ impl Identity for IdentityService {
             }
         }
         Ok(Response::new(ProbeResponse { ready: Some(true) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn node_probe_names_what_is_missing() {
+        let e = super::node_ready(std::path::Path::new("/nonexistent/dev")).expect_err("no dir");
+        assert!(e.contains("/nonexistent/dev"), "{e}");
     }
 }

@@ -131,9 +131,11 @@ async fn run(cli: Cli) -> Result<()> {
         None
     };
     let wait = Duration::from_secs(cli.ec2_wait_seconds);
-    let mut router = tonic::transport::Server::builder().add_service(IdentityServer::new(
-        IdentityService::new(cli.driver_name.clone(), ec2.clone(), controller),
-    ));
+    let mut identity = IdentityService::new(cli.driver_name.clone(), ec2.clone(), controller);
+    if node {
+        identity.node_dev_root = Some(cli.dev_root.clone());
+    }
+    let mut router = tonic::transport::Server::builder().add_service(IdentityServer::new(identity));
     if let Some(ec2) = ec2 {
         let waits = Waits {
             attach: wait,

@@ -83,13 +83,18 @@ fn base_cmd() -> Command {
 }
 
 fn controller(sim: &Vpcsim, dir: &Path) -> Plugin {
-    let socket = dir.join("controller.sock");
+    controller_with(sim, dir, "controller", &["--ec2-wait-seconds", "30"])
+}
+
+fn controller_with(sim: &Vpcsim, dir: &Path, name: &str, args: &[&str]) -> Plugin {
+    let socket = dir.join(format!("{name}.sock"));
     let mut c = base_cmd();
     c.env("AWS_ENDPOINT_URL_EC2", &sim.info.ec2_endpoint_local)
         .env("AWS_REGION", "us-east-1")
-        .args(["--mode", "controller", "--ec2-wait-seconds", "30"])
+        .args(["--mode", "controller"])
+        .args(args)
         .arg(format!("--endpoint=unix://{}", socket.display()));
-    Plugin::start(&mut c, socket, dir.join("controller.log"))
+    Plugin::start(&mut c, socket, dir.join(format!("{name}.log")))
 }
 
 /// The node plugin: in the node's network namespace (IMDS), the host's mount namespace.
@@ -355,7 +360,16 @@ async fn volumes_move_between_nodes_grow_and_restore_from_snapshots() {
     let kubelet = dir.path().join("kubelet");
     std::fs::create_dir_all(&kubelet).expect("kubelet dir");
     let mounts = Mounts(kubelet.clone());
-    let ctl_p = controller(&sim, dir.path());
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").to_string()
+    };
+    let ctl_p = controller_with(
+        &sim,
+        dir.path(),
+        "controller",
+        &["--ec2-wait-seconds", "30", "--http-endpoint", &metrics_addr],
+    );
     let node_ps: Vec<Plugin> = sim
         .info
         .nodes
@@ -389,6 +403,25 @@ async fn volumes_move_between_nodes_grow_and_restore_from_snapshots() {
             .into_inner()
             .ready,
         Some(true)
+    );
+    let mut node_id = IdentityClient::new(node_ps[0].channel().await);
+    assert_eq!(
+        node_id
+            .probe(ProbeRequest {})
+            .await
+            .expect("node probe")
+            .into_inner()
+            .ready,
+        Some(true)
+    );
+    let caps = node_id
+        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+        .await
+        .expect("caps")
+        .into_inner();
+    assert!(
+        !caps.capabilities.iter().any(|c| matches!(&c.r#type, Some(plugin_capability::Type::Service(s)) if s.r#type == plugin_capability::service::Type::ControllerService as i32)),
+        "a node-only plugin does not offer the controller service"
     );
     let ni = w.nodes[0]
         .1
@@ -612,6 +645,24 @@ async fn volumes_move_between_nodes_grow_and_restore_from_snapshots() {
             })
             .await
             .expect("DeleteSnapshot");
+    }
+    // The controller's EC2 metrics, under upstream's names.
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut t = std::net::TcpStream::connect(&metrics_addr).expect("metrics endpoint");
+        t.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        t.read_to_string(&mut body).expect("response");
+        body
+    };
+    for want in [
+        "aws_ebs_csi_api_request_duration_seconds_count{request=\"AttachVolume\"}",
+        "aws_ebs_csi_api_request_duration_seconds_count{request=\"CreateVolume\"}",
+        "aws_ebs_csi_api_request_errors_total{code=\"IdempotentParameterMismatch\",request=\"CreateVolume\"} 3",
+        "nodewire_ebs_csi_ec2_requests_total{request=\"ModifyVolume\"} 1",
+    ] {
+        assert!(metrics.contains(want), "{want} missing from\n{metrics}");
     }
     sim.settle().await;
     {
@@ -1234,6 +1285,66 @@ async fn spec_rules_concurrency_and_the_attachment_limit() {
             (2, Some(200))
         );
     }
+
+    // A volume stuck attaching is detached again, and the retry avoids its device name.
+    let impatient = controller_with(&sim, dir.path(), "impatient", &["--ec2-wait-seconds", "1"]);
+    let mut ci = ControllerClient::new(impatient.channel().await);
+    let stuck = c
+        .create_volume(create_req("pvc-stuck", 1, "ext4", &az))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("volume")
+        .volume_id;
+    let mut p_stuck = publish.clone();
+    p_stuck.volume_id = stuck.clone();
+    slow.attach_ms = 10_000;
+    admin.set_timing(slow).await.expect("very slow attach");
+    let e = ci
+        .controller_publish_volume(p_stuck.clone())
+        .await
+        .expect_err("stuck");
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    let stuck_dev = e
+        .message()
+        .split(" as ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(stuck_dev.starts_with("/dev/xvd"), "{}", e.message());
+    sim.settle().await;
+    assert!(
+        sim.shared.sim().volumes[&stuck].attachments.is_empty(),
+        "the stuck attachment was undone"
+    );
+    slow.attach_ms = 20;
+    admin.set_timing(slow).await.expect("fast attach");
+    let d = ci
+        .controller_publish_volume(p_stuck.clone())
+        .await
+        .expect("retry")
+        .into_inner()
+        .publish_context;
+    assert_ne!(
+        d["devicePath"], stuck_dev,
+        "the retry avoids the stuck name"
+    );
+    c.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+        volume_id: stuck.clone(),
+        node_id: node.instance_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("unpublish");
+    c.delete_volume(DeleteVolumeRequest {
+        volume_id: stuck.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("delete");
+    drop(impatient);
 
     // The attachment limit: NodeGetInfo says 26 on an m5.large with one ENI; the 27th volume is
     // refused with RESOURCE_EXHAUSTED.
