@@ -17,9 +17,9 @@ HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 CNI_STATIC := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/cni/vpc-cni
 
 # Benchmarks register themselves here (bench-cni, bench-ipamd, …) as they are added.
-BENCH_TARGETS := bench-ipamd bench-cni
+BENCH_TARGETS := bench-ipamd bench-cni bench-csi
 
-.PHONY: ipamd-release cni-static all build test fmt-check clippy unit venv peers demo bench bench-ipamd bench-cni deps leftovers clean-sim
+.PHONY: ipamd-release cni-static all build test fmt-check clippy unit venv peers demo bench bench-ipamd bench-cni bench-csi deps leftovers clean-sim
 
 all: build
 
@@ -84,6 +84,12 @@ cni-static:
 bench-cni: deps peers cni-static
 	$(CARGO) build --profile perf -p nodewire-ipamd -p nodewire-cni --bin ipamd --bin vpc-cni --example bench_cni
 	BENCH_CNI_BIN=$(CNI_STATIC) $(CARGO_TARGET_DIR)/perf/examples/bench_cni
+
+# ebs-csi against vpcsim (delays 0) and the raw tools: NodeStage vs mkfs.ext4 + mount (ratio),
+# EC2 calls per create/attach/detach/delete cycle, CreateVolume → published mount.
+bench-csi: deps
+	$(CARGO) build --profile perf -p nodewire-csi --bin ebs-csi --example bench_csi
+	BENCH_CSI_BIN=$(CARGO_TARGET_DIR)/perf/ebs-csi $(CARGO_TARGET_DIR)/perf/examples/bench_csi
 
 # Remove a simulation left behind by a crashed `vpcsim up` (default state directory).
 clean-sim:

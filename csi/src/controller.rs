@@ -262,21 +262,16 @@ impl ControllerService {
     }
 
     async fn publish(&self, id: &str, instance: &str) -> Result<String, Status> {
-        let Some(v) = self.ec2.volume(id).await.map_err(cloud)? else {
-            return Err(Status::not_found(format!("volume {id} does not exist")));
-        };
-        if v.attachments.iter().any(|(i, ..)| i == instance) {
-            // Already attached or attaching here: idempotent.
-            return self.attached_device(id, instance).await;
-        }
-        if let Some((other, ..)) = v.attachments.iter().find(|(i, ..)| i != instance) {
-            return Err(Status::failed_precondition(format!(
-                "volume {id} is attached to {other}; unpublish it there first"
-            )));
-        }
+        // The instance's block-device mappings say both which names are taken and whether the
+        // volume is already here; AttachVolume itself reports a missing volume or one attached
+        // elsewhere (one EC2 call less than asking about the volume first).
         let Some(mapped) = self.ec2.instance_devices(instance).await.map_err(cloud)? else {
             return Err(Status::not_found(format!("node {instance} does not exist")));
         };
+        if mapped.values().any(|v| v == id) {
+            // Already attached or attaching here: idempotent.
+            return self.attached_device(id, instance).await;
+        }
         let in_use: BTreeSet<String> = mapped.keys().cloned().collect();
         for _ in 0..3 {
             let Some(name) = self.reserve(instance, &in_use) else {
@@ -301,7 +296,10 @@ impl ControllerService {
                             )));
                         }
                         "VolumeInUse" => {
-                            return Err(Status::failed_precondition(e.to_string()));
+                            return Err(Status::failed_precondition(format!(
+                                "volume {id} is attached to another node; unpublish it there first ({})",
+                                e.message
+                            )));
                         }
                         "InvalidParameterValue" if e.message.contains("already in use") => {
                             self.mark_bad(instance, &name);
@@ -504,19 +502,21 @@ impl Controller for ControllerService {
         let _g = self
             .inflight
             .enter(&format!("{}/{}", r.volume_id, r.node_id))?;
-        let Some(v) = self.ec2.volume(&r.volume_id).await.map_err(cloud)? else {
-            // The spec: a volume that does not exist is unpublished.
-            return Ok(Response::new(ControllerUnpublishVolumeResponse {}));
+        // With a node: detach straight away (EC2 says if there is nothing to detach). Without
+        // one: every attachment the volume has.
+        let nodes: Vec<String> = if r.node_id.is_empty() {
+            match self.ec2.volume(&r.volume_id).await.map_err(cloud)? {
+                // The spec: a volume that does not exist is unpublished.
+                None => vec![],
+                Some(v) => v.attachments.iter().map(|(i, ..)| i.clone()).collect(),
+            }
+        } else {
+            vec![r.node_id.clone()]
         };
-        let nodes: Vec<String> = v
-            .attachments
-            .iter()
-            .map(|(i, ..)| i.clone())
-            .filter(|i| r.node_id.is_empty() || *i == r.node_id)
-            .collect();
+        let mut detaching = vec![];
         for node in &nodes {
             match self.ec2.detach(&r.volume_id, node).await {
-                Ok(()) => {}
+                Ok(()) => detaching.push(node.clone()),
                 Err(e)
                     if e.is_not_found()
                         || e.code == "IncorrectState"
@@ -524,6 +524,7 @@ impl Controller for ControllerService {
                 Err(e) => return Err(cloud(e)),
             }
         }
+        let nodes = detaching;
         if !nodes.is_empty() {
             let id = r.volume_id.clone();
             self.wait_for(&format!("detach of {id}"), self.waits.detach, || async {

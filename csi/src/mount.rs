@@ -1,6 +1,8 @@
-//! The node's edge to the kernel and the filesystem tools: mount table, mount/umount, blkid,
-//! mkfs, resize. Every tool is run with an argument vector — never a shell string.
+//! The node's edge to the kernel and the filesystem tools: mount table and mount(2)/umount(2)
+//! (through nix), blkid, mkfs, resize. Every tool is run with an argument vector — never a
+//! shell string.
 
+use nix::mount::MsFlags;
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,8 +111,34 @@ pub fn device_size(dev: &Path) -> Result<u64, MountError> {
         .map_err(|e| MountError::Io(dev.display().to_string(), e))
 }
 
+/// How much of each end of a device must read as zeros for it to count as blank without
+/// blkid: the signatures blkid knows (filesystems incl. btrfs at 64 KiB, partition tables and
+/// their backups, LVM, MD RAID 0.90 in the last 64 KiB and 1.x at the start, LUKS, ZFS label 0)
+/// sit in the first or the last 128 KiB.
+const BLANK_ENDS: u64 = 128 << 10;
+
+/// Whether both ends of the device are all zeros (a new EBS volume): a 256 KiB read, where
+/// `blkid -p` probes every known signature one by one (~7 ms).
+pub fn zeroed_ends(dev: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(dev)?;
+    let size = f.seek(SeekFrom::End(0))?;
+    let mut buf = vec![0u8; BLANK_ENDS.min(size) as usize];
+    for at in [0, size.saturating_sub(BLANK_ENDS)] {
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut buf)?;
+        if buf.iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// The filesystem on a device, `None` when it is blank.
 pub fn fs_on(dev: &Path) -> Result<Option<String>, MountError> {
+    if zeroed_ends(dev).map_err(|e| MountError::Io(format!("reading {}", dev.display()), e))? {
+        return Ok(None);
+    }
     let d = dev.to_string_lossy();
     let (code, out) = run(
         "blkid",
@@ -158,40 +186,88 @@ pub fn mkfs(fs: &str, dev: &Path, opts: &[String]) -> Result<(), MountError> {
     run(&prog, &args).map(|_| ())
 }
 
-pub fn mount(dev: &Path, target: &Path, fs: &str, options: &[String]) -> Result<(), MountError> {
-    let mut args = vec!["-t".to_string(), fs.to_string()];
-    if !options.is_empty() {
-        args.push("-o".into());
-        args.push(options.join(","));
+/// Splits mount options into mount(2) flags and the filesystem's own option string, as mount(8)
+/// does for the flags it knows.
+pub fn split_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "defaults" | "rw" => {}
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "nodiratime" => flags |= MsFlags::MS_NODIRATIME,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "strictatime" => flags |= MsFlags::MS_STRICTATIME,
+            "lazytime" => flags |= MsFlags::MS_LAZYTIME,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
+            "dirsync" => flags |= MsFlags::MS_DIRSYNC,
+            other => data.push(other),
+        }
     }
-    args.push(dev.to_string_lossy().into_owned());
-    args.push(target.to_string_lossy().into_owned());
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    run("mount", &a).map(|_| ())
+    (flags, data.join(","))
 }
 
+fn sys(what: String, r: nix::Result<()>) -> Result<(), MountError> {
+    r.map_err(|e| MountError::Io(what, e.into()))
+}
+
+/// mount(2) of `dev` at `target` (no mount(8): one process less on every stage).
+pub fn mount(dev: &Path, target: &Path, fs: &str, options: &[String]) -> Result<(), MountError> {
+    let (flags, data) = split_options(options);
+    let data = (!data.is_empty()).then_some(data.as_str());
+    sys(
+        format!("mounting {} ({fs}) at {}", dev.display(), target.display()),
+        nix::mount::mount(Some(dev), target, Some(fs), flags, data),
+    )
+}
+
+/// Bind-mounts `src` at `target`, then applies read-only and the per-mount flags.
 pub fn bind(
     src: &Path,
     target: &Path,
     readonly: bool,
     options: &[String],
 ) -> Result<(), MountError> {
-    let s = src.to_string_lossy();
-    let t = target.to_string_lossy();
-    run("mount", &["--bind", &s, &t])?;
-    let mut remount = vec!["remount".to_string(), "bind".to_string()];
+    let what = || format!("bind-mounting {} at {}", src.display(), target.display());
+    sys(
+        what(),
+        nix::mount::mount(
+            Some(src),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ),
+    )?;
+    let (mut flags, _) = split_options(options);
     if readonly {
-        remount.push("ro".into());
+        flags |= MsFlags::MS_RDONLY;
     }
-    remount.extend(options.iter().cloned());
-    if remount.len() > 2 {
-        run("mount", &["-o", &remount.join(","), &t])?;
+    if !flags.is_empty() {
+        let r = nix::mount::mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+            None::<&str>,
+        );
+        if let Err(e) = r {
+            let _ = umount(target);
+            return sys(what(), Err(e));
+        }
     }
     Ok(())
 }
 
 pub fn umount(target: &Path) -> Result<(), MountError> {
-    run("umount", &[&target.to_string_lossy()]).map(|_| ())
+    sys(
+        format!("unmounting {}", target.display()),
+        nix::mount::umount2(target, nix::mount::MntFlags::empty()),
+    )
 }
 
 /// Grows the filesystem mounted at `mount_point` from `dev` to the device's size.
@@ -227,6 +303,43 @@ pub fn usage(path: &Path) -> Result<(Usage, Usage), MountError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blank_means_zeroed_ends() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("dev");
+        let f = std::fs::File::create(&p).expect("file");
+        f.set_len(8 << 20).expect("size");
+        assert!(zeroed_ends(&p).expect("read"));
+        for at in [1080u64, (8 << 20) - 512] {
+            let mut g = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .expect("open");
+            g.seek(SeekFrom::Start(at)).expect("seek");
+            g.write_all(&[0x53, 0xef]).expect("write");
+            assert!(!zeroed_ends(&p).expect("read"), "signature at {at}");
+            g.seek(SeekFrom::Start(at)).expect("seek");
+            g.write_all(&[0, 0]).expect("clear");
+        }
+        // A device smaller than a MiB.
+        let small = dir.path().join("small");
+        std::fs::write(&small, [0u8; 4096]).expect("small");
+        assert!(zeroed_ends(&small).expect("read"));
+    }
+
+    #[test]
+    fn mount_options_split_into_flags_and_data() {
+        let o = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (f, d) = split_options(&o(&["noatime", "ro", "nouuid", "discard"]));
+        assert_eq!(f, MsFlags::MS_NOATIME | MsFlags::MS_RDONLY);
+        assert_eq!(d, "nouuid,discard");
+        assert_eq!(
+            split_options(&o(&["defaults"])),
+            (MsFlags::empty(), String::new())
+        );
+    }
 
     #[test]
     fn mountinfo_lines() {

@@ -109,59 +109,15 @@ impl NodeService {
     /// The volume's device: the Nitro by-id link first, then the name it was attached under;
     /// waits a bounded time for it to appear (EC2 says attached before the node sees it).
     async fn find_device(&self, volume_id: &str, device_path: &str) -> Result<PathBuf, Status> {
-        let by_id = self.cfg.dev_root.join("disk/by-id").join(format!(
-            "nvme-Amazon_Elastic_Block_Store_{}",
-            serial_of(volume_id)
-        ));
-        let by_name = device_path
-            .strip_prefix("/dev/")
-            .filter(|n| !n.is_empty() && !n.contains(".."))
-            .map(|n| self.cfg.dev_root.join(n));
-        let deadline = Instant::now() + self.cfg.device_wait;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            for (p, named) in [(Some(&by_id), false), (by_name.as_ref(), true)] {
-                let Some(p) = p else { continue };
-                let Ok(real) = std::fs::canonicalize(p) else {
-                    continue;
-                };
-                // Prove it is this volume before touching it: a stale link or a reused device
-                // name must not get another volume formatted.
-                let kname = real
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let serial_file = match &self.cfg.serial_dir {
-                    Some(d) => d.join(&kname),
-                    None => PathBuf::from(format!("/sys/block/{kname}/device/serial")),
-                };
-                match std::fs::read_to_string(&serial_file) {
-                    Ok(s) if s.trim() == serial_of(volume_id) => return Ok(real),
-                    Ok(s) => {
-                        return Err(Status::failed_precondition(format!(
-                            "{} is volume {:?}, not {volume_id}; not touching it",
-                            p.display(),
-                            s.trim()
-                        )));
-                    }
-                    // No serial to read (Xen instances): the attach name is all there is.
-                    Err(_) if named => return Ok(real),
-                    Err(_) => {}
-                }
-            }
-            if Instant::now() + pause > deadline {
-                return Err(Status::not_found(format!(
-                    "no device for volume {volume_id} (looked for {} and {}) after {:?}; is it attached to this node?",
-                    by_id.display(),
-                    by_name
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "no devicePath".into()),
-                    self.cfg.device_wait
-                )));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
-        }
+        let (cfg, id, path) = (
+            self.cfg.clone(),
+            volume_id.to_string(),
+            device_path.to_string(),
+        );
+        // Filesystem polling only: on a blocking thread, where it can poll finely.
+        tokio::task::spawn_blocking(move || find_device(&cfg, &id, &path))
+            .await
+            .map_err(|e| Status::internal(format!("device lookup task: {e}")))?
     }
 
     /// Volumes this node can still take, from the instance type and what IMDS shows now.
@@ -197,6 +153,67 @@ impl NodeService {
             self.cfg.reserved_attachments,
             self.cfg.volume_attach_limit,
         ))
+    }
+}
+
+/// The volume's device: the Nitro by-id link first, then the name it was attached under, each
+/// proved to be this volume by its serial; waits up to `device_wait` for it to appear (EC2 says
+/// attached before the node sees the device).
+fn find_device(cfg: &NodeConfig, volume_id: &str, device_path: &str) -> Result<PathBuf, Status> {
+    let by_id = cfg.dev_root.join("disk/by-id").join(format!(
+        "nvme-Amazon_Elastic_Block_Store_{}",
+        serial_of(volume_id)
+    ));
+    let by_name = device_path
+        .strip_prefix("/dev/")
+        .filter(|n| !n.is_empty() && !n.contains(".."))
+        .map(|n| cfg.dev_root.join(n));
+    let deadline = Instant::now() + cfg.device_wait;
+    // The device usually shows up within a millisecond or two of EC2 saying attached: poll
+    // finely first, then back off.
+    let mut pause = Duration::from_micros(100);
+    loop {
+        for (p, named) in [(Some(&by_id), false), (by_name.as_ref(), true)] {
+            let Some(p) = p else { continue };
+            let Ok(real) = std::fs::canonicalize(p) else {
+                continue;
+            };
+            // Prove it is this volume before touching it: a stale link or a reused device name
+            // must not get another volume formatted.
+            let kname = real
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let serial_file = match &cfg.serial_dir {
+                Some(d) => d.join(&kname),
+                None => PathBuf::from(format!("/sys/block/{kname}/device/serial")),
+            };
+            match std::fs::read_to_string(&serial_file) {
+                Ok(s) if s.trim() == serial_of(volume_id) => return Ok(real),
+                Ok(s) => {
+                    return Err(Status::failed_precondition(format!(
+                        "{} is volume {:?}, not {volume_id}; not touching it",
+                        p.display(),
+                        s.trim()
+                    )));
+                }
+                // No serial to read (Xen instances): the attach name is all there is.
+                Err(_) if named => return Ok(real),
+                Err(_) => {}
+            }
+        }
+        if Instant::now() + pause > deadline {
+            return Err(Status::not_found(format!(
+                "no device for volume {volume_id} (looked for {} and {}) after {:?}; is it attached to this node?",
+                by_id.display(),
+                by_name
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "no devicePath".into()),
+                cfg.device_wait
+            )));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
 
@@ -277,7 +294,9 @@ impl Node for NodeService {
             .get("devicePath")
             .cloned()
             .unwrap_or_default();
+        let t0 = Instant::now();
         let dev = self.find_device(&r.volume_id, &device_path).await?;
+        let t_found = t0.elapsed();
         let want = mount::dev_id(&dev).map_err(tool)?;
         if let Some(m) = mount::mounted_at(&staging).map_err(tool)? {
             if m.dev == want {
@@ -291,6 +310,7 @@ impl Node for NodeService {
         }
         std::fs::create_dir_all(&staging).map_err(|e| io("creating the staging path", e))?;
         let existing = mount::fs_on(&dev).map_err(tool)?;
+        let t_probed = t0.elapsed();
         let fresh = match &existing {
             None => {
                 mount::mkfs(&fs, &dev, &format.mkfs_args(&fs)).map_err(tool)?;
@@ -311,6 +331,7 @@ impl Node for NodeService {
             opts.push("nouuid".into());
         }
         let mount_fs = existing.filter(|_| !fresh).unwrap_or_else(|| fs.clone());
+        let t_formatted = t0.elapsed();
         mount::mount(&dev, &staging, &mount_fs, &opts).map_err(tool)?;
         if !fresh {
             // The volume may have grown while detached (or been restored to a larger size).
@@ -318,7 +339,9 @@ impl Node for NodeService {
                 tracing::warn!(volume = %r.volume_id, error = %e, "growing the filesystem at stage failed");
             }
         }
-        tracing::info!(volume = %r.volume_id, device = %dev.display(), staging = %staging.display(), "NodeStageVolume");
+        tracing::info!(volume = %r.volume_id, device = %dev.display(), staging = %staging.display(),
+            found = ?t_found, probed = ?t_probed, formatted = ?t_formatted, total = ?t0.elapsed(),
+            "NodeStageVolume (cumulative timings)");
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 

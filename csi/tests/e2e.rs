@@ -3,6 +3,9 @@
 //! namespace for IMDS, the host's mount namespace for mounts), driven over their unix sockets
 //! as the external-provisioner/attacher/resizer/snapshotter and kubelet would.
 
+mod harness;
+use harness::*;
+
 use e2e::node::{NodeInfo, Options, Vpcsim};
 use nodewire_proto::csi::controller_client::ControllerClient;
 use nodewire_proto::csi::identity_client::IdentityClient;
@@ -10,189 +13,25 @@ use nodewire_proto::csi::node_client::NodeClient;
 use nodewire_proto::csi::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic::transport::Channel;
 
-const GIB: i64 = 1 << 30;
-
-struct Plugin {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ebs-csi"))
 }
 
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
+fn controller_with(sim: &Vpcsim, dir: &Path, name: &str, args: &[&str]) -> Plugin {
+    harness::controller_with(bin(), sim, dir, name, args)
 }
 
-impl Plugin {
-    fn start(cmd: &mut Command, socket: PathBuf, log: PathBuf) -> Plugin {
-        cmd.stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"));
-        Plugin {
-            child: cmd.spawn().expect("spawn ebs-csi"),
-            socket,
-            log,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.socket.exists() {
-                let path = self.socket.clone();
-                let ch = tonic::transport::Endpoint::try_from("http://csi.local")
-                    .expect("endpoint")
-                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                        let path = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                                tokio::net::UnixStream::connect(path).await?,
-                            ))
-                        }
-                    }))
-                    .await;
-                if let Ok(ch) = ch {
-                    return ch;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ebs-csi never listened: {}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn base_cmd() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ebs-csi"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", "x")
-        .env("AWS_SECRET_ACCESS_KEY", "x")
-        .env("RUST_LOG", "info");
-    c
+fn node_plugin(node: &NodeInfo, dir: &Path, kubelet: &Path) -> Plugin {
+    harness::node_plugin(bin(), node, dir, kubelet)
 }
 
 fn controller(sim: &Vpcsim, dir: &Path) -> Plugin {
     controller_with(sim, dir, "controller", &["--ec2-wait-seconds", "30"])
-}
-
-fn controller_with(sim: &Vpcsim, dir: &Path, name: &str, args: &[&str]) -> Plugin {
-    let socket = dir.join(format!("{name}.sock"));
-    let mut c = base_cmd();
-    c.env("AWS_ENDPOINT_URL_EC2", &sim.info.ec2_endpoint_local)
-        .env("AWS_REGION", "us-east-1")
-        .args(["--mode", "controller"])
-        .args(args)
-        .arg(format!("--endpoint=unix://{}", socket.display()));
-    Plugin::start(&mut c, socket, dir.join(format!("{name}.log")))
-}
-
-/// The node plugin: in the node's network namespace (IMDS), the host's mount namespace.
-fn node_plugin(node: &NodeInfo, dir: &Path, kubelet: &Path) -> Plugin {
-    let socket = dir.join(format!("{}.sock", node.name));
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/var/run/netns/{}", node.netns))
-        .arg(env!("CARGO_BIN_EXE_ebs-csi"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .args(["--mode", "node", "--device-wait-seconds", "15"])
-        .arg(format!("--endpoint=unix://{}", socket.display()))
-        .arg(format!("--dev-root={}", node.device_dir.display()))
-        .arg(format!(
-            "--serial-dir={}",
-            node.device_dir.join("serial").display()
-        ))
-        .arg(format!("--kubelet-root={}", kubelet.display()));
-    Plugin::start(&mut c, socket, dir.join(format!("{}.log", node.name)))
-}
-
-/// Unmounts everything under `root` (deepest first), also when a test fails half way.
-struct Mounts(PathBuf);
-impl Drop for Mounts {
-    fn drop(&mut self) {
-        for _ in 0..4 {
-            let ms = ebs_csi::mount::mounts().unwrap_or_default();
-            let mut under: Vec<_> = ms
-                .iter()
-                .filter(|m| m.mount_point.starts_with(&self.0))
-                .map(|m| m.mount_point.clone())
-                .collect();
-            if under.is_empty() {
-                return;
-            }
-            under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-            for p in under {
-                let _ = Command::new("umount").arg("-l").arg(&p).status();
-            }
-        }
-    }
-}
-
-fn mount_cap(fs: &str) -> VolumeCapability {
-    VolumeCapability {
-        access_type: Some(volume_capability::AccessType::Mount(
-            volume_capability::MountVolume {
-                fs_type: fs.into(),
-                ..Default::default()
-            },
-        )),
-        access_mode: Some(volume_capability::AccessMode {
-            mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
-        }),
-    }
-}
-
-fn block_cap() -> VolumeCapability {
-    VolumeCapability {
-        access_type: Some(volume_capability::AccessType::Block(
-            volume_capability::BlockVolume {},
-        )),
-        access_mode: Some(volume_capability::AccessMode {
-            mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
-        }),
-    }
-}
-
-fn cap_of(fs: &str) -> VolumeCapability {
-    if fs == "block" {
-        block_cap()
-    } else {
-        mount_cap(fs)
-    }
-}
-
-fn create_req(name: &str, gib: i64, fs: &str, az: &str) -> CreateVolumeRequest {
-    CreateVolumeRequest {
-        name: name.into(),
-        capacity_range: Some(CapacityRange {
-            required_bytes: gib * GIB,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![cap_of(fs)],
-        parameters: [("type".to_string(), "gp3".to_string())]
-            .into_iter()
-            .collect(),
-        accessibility_requirements: Some(TopologyRequirement {
-            requisite: vec![],
-            preferred: vec![Topology {
-                segments: [("topology.kubernetes.io/zone".to_string(), az.to_string())]
-                    .into_iter()
-                    .collect(),
-            }],
-        }),
-        ..Default::default()
-    }
 }
 
 struct World {
