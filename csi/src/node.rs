@@ -191,10 +191,15 @@ fn find_device(cfg: &NodeConfig, volume_id: &str, device_path: &str) -> Result<P
             match std::fs::read_to_string(&serial_file) {
                 Ok(s) if s.trim() == serial_of(volume_id) => return Ok(real),
                 Ok(s) => {
+                    let s = s.trim();
+                    // The NVMe serial is the volume id without its dash.
+                    let other = match s.strip_prefix("vol") {
+                        Some(rest) if !rest.starts_with('-') => format!("vol-{rest}"),
+                        _ => s.to_string(),
+                    };
                     return Err(Status::failed_precondition(format!(
-                        "{} is volume {:?}, not {volume_id}; not touching it",
-                        p.display(),
-                        s.trim()
+                        "{} is volume {other}, not {volume_id}; not touching it",
+                        p.display()
                     )));
                 }
                 // No serial to read (Xen instances): the attach name is all there is.

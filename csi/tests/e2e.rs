@@ -1125,6 +1125,36 @@ async fn spec_rules_concurrency_and_the_attachment_limit() {
         );
     }
 
+    // A stale by-id link naming a volume that is not here, pointing at another volume's device:
+    // NodeStage proves the device's identity by its serial and refuses to touch it.
+    let by_id = node.device_dir.join("disk/by-id");
+    let real = std::fs::read_link(by_id.join(format!(
+        "nvme-Amazon_Elastic_Block_Store_{}",
+        vol.replace('-', "")
+    )))
+    .expect("the published volume's by-id link");
+    let fake = by_id.join(format!(
+        "nvme-Amazon_Elastic_Block_Store_{}",
+        missing_vol.replace('-', "")
+    ));
+    std::os::unix::fs::symlink(&real, &fake).expect("stale link");
+    let e = n
+        .node_stage_volume(NodeStageVolumeRequest {
+            volume_id: missing_vol.clone(),
+            staging_target_path: k("stale"),
+            volume_capability: Some(mount_cap("ext4")),
+            ..Default::default()
+        })
+        .await;
+    std::fs::remove_file(&fake).expect("remove the stale link");
+    let e = e.expect_err("stale link");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains(&vol),
+        "names the volume it found: {}",
+        e.message()
+    );
+
     // A volume stuck attaching is detached again, and the retry avoids its device name.
     let impatient = controller_with(&sim, dir.path(), "impatient", &["--ec2-wait-seconds", "1"]);
     let mut ci = ControllerClient::new(impatient.channel().await);
@@ -1249,6 +1279,79 @@ async fn spec_rules_concurrency_and_the_attachment_limit() {
         sim.shared.sim().volumes.values().all(|v| v.is_root),
         "volumes left"
     );
+    drop(node_p);
+    drop(ctl_p);
+    sim.shutdown().await.expect("shutdown");
+}
+
+/// Xen (m4.large): no NVMe, no by-id link and (here) no readable serial — the device is found
+/// by its attach name; volumes have their own 39 slots, minus the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xen_nodes_find_volumes_by_attach_name() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sim = Vpcsim::start(Options {
+        nodes: 1,
+        instance_type: "m4.large".into(),
+        state_dir: dir.path().join("vpc"),
+        timing: e2e::sim::Timing::zero(),
+        seed: 8,
+        imds_v1: false,
+        zone: None,
+    })
+    .await
+    .expect("vpcsim");
+    let kubelet = dir.path().join("kubelet");
+    std::fs::create_dir_all(&kubelet).expect("kubelet dir");
+    let mounts = Mounts(kubelet.clone());
+    let node = sim.info.nodes[0].clone();
+    let no_serials = dir.path().join("no-serials");
+    std::fs::create_dir_all(&no_serials).expect("dir");
+    let ctl_p = controller(&sim, dir.path());
+    let node_p = harness::node_plugin_with(bin(), &node, dir.path(), &kubelet, &no_serials);
+    let ctl = ControllerClient::new(ctl_p.channel().await);
+    let mut nc = NodeClient::new(node_p.channel().await);
+    let info = nc
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!(
+        info.max_volumes_per_node, 38,
+        "m4.large: 39 dedicated − root"
+    );
+    let mut w = World {
+        ctl,
+        nodes: vec![(node.clone(), nc)],
+        kubelet: kubelet.clone(),
+    };
+    let v = w
+        .ctl
+        .create_volume(create_req("pvc-xen", 2, "ext4", &node.az))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let t = w.attach(&v.volume_id, 0, "ext4", &v.volume_context).await;
+    assert!(
+        !node.device_dir.join("disk/by-id").exists()
+            || std::fs::read_dir(node.device_dir.join("disk/by-id"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0,
+        "no by-id links on Xen"
+    );
+    let data = write_data(&t, "ext4", 3);
+    assert!(read_data(&t, "ext4", data.len()) == data);
+    w.detach(&v.volume_id, 0, &t).await;
+    w.ctl
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    drop(mounts);
     drop(node_p);
     drop(ctl_p);
     sim.shutdown().await.expect("shutdown");

@@ -91,6 +91,17 @@ pub fn controller_with(bin: &Path, sim: &Vpcsim, dir: &Path, name: &str, args: &
 
 /// The node plugin: in the node's network namespace (IMDS), the host's mount namespace.
 pub fn node_plugin(bin: &Path, node: &NodeInfo, dir: &Path, kubelet: &Path) -> Plugin {
+    node_plugin_with(bin, node, dir, kubelet, &node.device_dir.join("serial"))
+}
+
+/// The node plugin reading device serials from `serials` (vpcsim's are in `<device dir>/serial`).
+pub fn node_plugin_with(
+    bin: &Path,
+    node: &NodeInfo,
+    dir: &Path,
+    kubelet: &Path,
+    serials: &Path,
+) -> Plugin {
     let socket = dir.join(format!("{}.sock", node.name));
     let mut c = Command::new("nsenter");
     c.arg(format!("--net=/var/run/netns/{}", node.netns))
@@ -101,10 +112,7 @@ pub fn node_plugin(bin: &Path, node: &NodeInfo, dir: &Path, kubelet: &Path) -> P
         .args(["--mode", "node", "--device-wait-seconds", "15"])
         .arg(format!("--endpoint=unix://{}", socket.display()))
         .arg(format!("--dev-root={}", node.device_dir.display()))
-        .arg(format!(
-            "--serial-dir={}",
-            node.device_dir.join("serial").display()
-        ))
+        .arg(format!("--serial-dir={}", serials.display()))
         .arg(format!("--kubelet-root={}", kubelet.display()));
     Plugin::start(&mut c, socket, dir.join(format!("{}.log", node.name)))
 }
