@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod client;
+pub mod iam;
 pub mod node;
 pub mod sim;
 
