@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Instant;
 
+/// Longest one EC2 call (SDK retries included) may take.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// An EC2 error with its AWS code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("EC2 {action}: {code}: {message}")]
@@ -200,7 +203,22 @@ impl Ec2 {
     {
         let t = Instant::now();
         self.metrics.requests.with_label_values(&[action]).inc();
-        match f.await {
+        // A hung call must not hold an RPC (and its in-flight key) forever.
+        let r = match tokio::time::timeout(CALL_TIMEOUT, f).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.metrics
+                    .errors
+                    .with_label_values(&[action, "Timeout"])
+                    .inc();
+                return Err(CloudError {
+                    action,
+                    code: "Timeout".into(),
+                    message: format!("no answer within {CALL_TIMEOUT:?}"),
+                });
+            }
+        };
+        match r {
             Ok(v) => {
                 self.metrics
                     .duration
@@ -426,7 +444,7 @@ impl Ec2 {
 
     /// The volume's latest modification, if it was ever modified.
     pub async fn modification(&self, id: &str) -> Result<Option<ModState>, CloudError> {
-        let r = self
+        let r = match self
             .call(
                 "DescribeVolumesModifications",
                 self.client
@@ -434,7 +452,13 @@ impl Ec2 {
                     .volume_ids(id)
                     .send(),
             )
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            // EC2's answer for a volume never modified.
+            Err(e) if e.code == "InvalidVolumeModification.NotFound" => return Ok(None),
+            Err(e) => return Err(e),
+        };
         Ok(r.volumes_modifications().last().map(|m| ModState {
             state: m
                 .modification_state()

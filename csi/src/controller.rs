@@ -192,7 +192,9 @@ impl ControllerService {
         .await
     }
 
-    fn reserve(&self, instance: &str, in_use: &BTreeSet<String>) -> Option<String> {
+    /// Reserves a device name until the returned guard drops (also when the RPC is cancelled
+    /// mid-wait: the name must not stay taken).
+    fn reserve(&self, instance: &str, in_use: &BTreeSet<String>) -> Option<Reservation<'_>> {
         let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
         let bad = self
             .likely_bad
@@ -204,13 +206,30 @@ impl ControllerService {
         let mine = r.entry(instance.to_string()).or_default();
         let name = devices::next_name(in_use, mine, &bad)?;
         mine.insert(name.clone());
-        Some(name)
+        Some(Reservation {
+            svc: self,
+            instance: instance.to_string(),
+            name,
+        })
     }
 
     fn unreserve(&self, instance: &str, name: &str) {
         let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = r.get_mut(instance) {
             s.remove(name);
+            if s.is_empty() {
+                r.remove(instance);
+            }
+        }
+    }
+
+    fn clear_bad(&self, instance: &str, name: &str) {
+        let mut b = self.likely_bad.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = b.get_mut(instance) {
+            s.remove(name);
+            if s.is_empty() {
+                b.remove(instance);
+            }
         }
     }
 
@@ -274,20 +293,23 @@ impl ControllerService {
         }
         let in_use: BTreeSet<String> = mapped.keys().cloned().collect();
         for _ in 0..3 {
-            let Some(name) = self.reserve(instance, &in_use) else {
+            let Some(reservation) = self.reserve(instance, &in_use) else {
                 return Err(Status::resource_exhausted(format!(
                     "no device name left on {instance}"
                 )));
             };
+            let name = reservation.name.clone();
             let r = self.ec2.attach(id, instance, &name).await;
             match r {
                 Ok(()) => {
                     let dev = self.attached_device(id, instance).await;
-                    self.unreserve(instance, &name);
+                    if dev.is_ok() {
+                        self.clear_bad(instance, &name);
+                    }
                     return dev;
                 }
                 Err(e) => {
-                    self.unreserve(instance, &name);
+                    drop(reservation);
                     match e.code.as_str() {
                         "AttachmentLimitExceeded" => {
                             return Err(Status::resource_exhausted(format!(
@@ -314,6 +336,19 @@ impl ControllerService {
         Err(Status::unavailable(format!(
             "device names on {instance} kept colliding; retry"
         )))
+    }
+}
+
+/// A device name held for an attach in flight; released on drop.
+struct Reservation<'a> {
+    svc: &'a ControllerService,
+    instance: String,
+    name: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.svc.unreserve(&self.instance, &self.name);
     }
 }
 
@@ -390,8 +425,24 @@ impl Controller for ControllerService {
                 ));
             }
         };
-        let spec = params::volume_spec(&r.name, size, &map(&r.parameters), &cap_fs, access)
-            .map_err(bad_param)?;
+        // mutable_parameters (a VolumeAttributesClass) apply at creation and win over the
+        // StorageClass's values for the same settings.
+        let mut all = map(&r.parameters);
+        let m = params::modification(&map(&r.mutable_parameters)).map_err(bad_param)?;
+        if m.iops.is_some() {
+            all.retain(|k, _| !k.eq_ignore_ascii_case("iopsPerGB"));
+        }
+        for (k, v) in &r.mutable_parameters {
+            if !k.starts_with("tagDeletion_") {
+                let k = if k == "volumeType" {
+                    "type"
+                } else {
+                    k.as_str()
+                };
+                all.insert(k.to_string(), v.clone());
+            }
+        }
+        let spec = params::volume_spec(&r.name, size, &all, &cap_fs, access).map_err(bad_param)?;
         let _g = self.inflight.enter(&format!("create/{}", r.name))?;
         let az = match zone_of(r.accessibility_requirements.as_ref()) {
             Some(z) => z,
@@ -427,7 +478,13 @@ impl Controller for ControllerService {
                 {
                     return Err(Status::invalid_argument(e.to_string()));
                 }
-                Err(e) => return Err(cloud(e)),
+                Err(e) if e.code == "VolumeLimitExceeded" => {
+                    return Err(Status::resource_exhausted(e.to_string()));
+                }
+                // Whether a volume was made is unknown: ABORTED keeps the provisioner retrying
+                // (the same token finds it), where INTERNAL could make it give up on a volume
+                // that exists.
+                Err(e) => return Err(Status::aborted(e.to_string())),
             }
         }
         let Some(v) = created else {
@@ -516,11 +573,11 @@ impl Controller for ControllerService {
         let mut detaching = vec![];
         for node in &nodes {
             match self.ec2.detach(&r.volume_id, node).await {
+                // IncorrectState: already detaching (a retry), or nothing attached; either way
+                // done once EC2 shows no attachment to the node.
                 Ok(()) => detaching.push(node.clone()),
-                Err(e)
-                    if e.is_not_found()
-                        || e.code == "IncorrectState"
-                        || e.code == "InvalidAttachment.NotFound" => {}
+                Err(e) if e.code == "IncorrectState" => detaching.push(node.clone()),
+                Err(e) if e.is_not_found() || e.code == "InvalidAttachment.NotFound" => {}
                 Err(e) => return Err(cloud(e)),
             }
         }
@@ -562,7 +619,11 @@ impl Controller for ControllerService {
                 r.volume_id
             )));
         }
-        let ok = check_caps(&r.volume_capabilities);
+        let ok = check_caps(&r.volume_capabilities).and_then(|_| {
+            params::modification(&map(&r.mutable_parameters))
+                .map(|_| ())
+                .map_err(bad_param)
+        });
         Ok(Response::new(ValidateVolumeCapabilitiesResponse {
             confirmed: ok
                 .is_ok()
@@ -693,6 +754,9 @@ impl Controller for ControllerService {
         match self.ec2.delete_snapshot(&r.snapshot_id).await {
             Ok(()) => Ok(Response::new(DeleteSnapshotResponse {})),
             Err(e) if e.is_not_found() => Ok(Response::new(DeleteSnapshotResponse {})),
+            Err(e) if e.code == "InvalidSnapshot.InUse" => Err(Status::failed_precondition(
+                format!("snapshot {} is in use: {}", r.snapshot_id, e.message),
+            )),
             Err(e) => Err(cloud(e)),
         }
     }
@@ -788,6 +852,16 @@ impl Controller for ControllerService {
         let Some(c) = r.capacity_range.as_ref() else {
             return Err(Status::invalid_argument("capacity_range is required"));
         };
+        if c.required_bytes < 0 || c.limit_bytes < 0 {
+            return Err(Status::invalid_argument(
+                "capacity_range bytes must not be negative",
+            ));
+        }
+        if c.required_bytes == 0 && c.limit_bytes == 0 {
+            return Err(Status::invalid_argument(
+                "capacity_range needs required_bytes or limit_bytes",
+            ));
+        }
         let want =
             params::size_gib(c.required_bytes, c.limit_bytes).map_err(Status::out_of_range)?;
         let block = r.volume_capability.as_ref().is_some_and(|c| {
@@ -799,6 +873,12 @@ impl Controller for ControllerService {
                 r.volume_id
             )));
         };
+        if c.limit_bytes > 0 && v.size_gib * GIB > c.limit_bytes {
+            return Err(Status::out_of_range(format!(
+                "volume {} is already {} GiB, above limit_bytes {}",
+                v.id, v.size_gib, c.limit_bytes
+            )));
+        }
         if v.size_gib < want {
             if let Some(t) = params::type_limits(&v.volume_type)
                 && want > t.max_gib
@@ -965,7 +1045,10 @@ impl Coalescer {
             let mut p = self.pending.lock().await;
             match p.get_mut(id) {
                 Some(batch) => {
-                    merge(&mut batch.change, &change).map_err(Status::aborted)?;
+                    // Into a copy: a refused change must leave the batch as it was.
+                    let mut merged = batch.change.clone();
+                    merge(&mut merged, &change).map_err(Status::aborted)?;
+                    batch.change = merged;
                     batch.waiters.push(tx);
                     false
                 }

@@ -110,7 +110,29 @@ fn main() -> Result<()> {
         .block_on(run(cli))
 }
 
-async fn run(cli: Cli) -> Result<()> {
+/// The CSI spec's plugin name: at most 63 characters, domain notation, starting and ending with
+/// a letter or digit.
+fn check_driver_name(n: &str) -> Result<()> {
+    let ok = !n.is_empty()
+        && n.len() <= 63
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && n.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !ok {
+        bail!(
+            "--driver-name {n:?}: the CSI spec wants at most 63 characters of letters, digits, '.' and '-', starting and ending with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+async fn run(mut cli: Cli) -> Result<()> {
+    check_driver_name(&cli.driver_name)?;
+    // mountinfo shows resolved paths: compare against the kubelet root as the kernel sees it.
+    if let Ok(p) = std::fs::canonicalize(&cli.kubelet_root) {
+        cli.kubelet_root = p;
+    }
     let sock = socket_path(&cli.endpoint)?;
     let registry = prometheus::Registry::new();
     let controller = matches!(cli.mode, Mode::Controller | Mode::All);
@@ -218,4 +240,21 @@ async fn run(cli: Cli) -> Result<()> {
         .context("gRPC server")?;
     let _ = std::fs::remove_file(&sock);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn driver_names() {
+        for ok in [
+            ebs_csi::DEFAULT_DRIVER_NAME,
+            ebs_csi::UPSTREAM_DRIVER_NAME,
+            "a",
+        ] {
+            assert!(super::check_driver_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-ebs", "ebs.", "ebs csi", &"a".repeat(64)] {
+            assert!(super::check_driver_name(bad).is_err(), "{bad}");
+        }
+    }
 }

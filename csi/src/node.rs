@@ -164,9 +164,14 @@ fn find_device(cfg: &NodeConfig, volume_id: &str, device_path: &str) -> Result<P
         "nvme-Amazon_Elastic_Block_Store_{}",
         serial_of(volume_id)
     ));
+    // Only a plain device name (`/dev/xvdaa`): nothing that could leave the device directory.
     let by_name = device_path
         .strip_prefix("/dev/")
-        .filter(|n| !n.is_empty() && !n.contains(".."))
+        .filter(|n| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
         .map(|n| cfg.dev_root.join(n));
     let deadline = Instant::now() + cfg.device_wait;
     // The device usually shows up within a millisecond or two of EC2 saying attached: poll
@@ -178,33 +183,10 @@ fn find_device(cfg: &NodeConfig, volume_id: &str, device_path: &str) -> Result<P
             let Ok(real) = std::fs::canonicalize(p) else {
                 continue;
             };
-            // Prove it is this volume before touching it: a stale link or a reused device name
-            // must not get another volume formatted.
-            let kname = real
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let serial_file = match &cfg.serial_dir {
-                Some(d) => d.join(&kname),
-                None => PathBuf::from(format!("/sys/block/{kname}/device/serial")),
-            };
-            match std::fs::read_to_string(&serial_file) {
-                Ok(s) if s.trim() == serial_of(volume_id) => return Ok(real),
-                Ok(s) => {
-                    let s = s.trim();
-                    // The NVMe serial is the volume id without its dash.
-                    let other = match s.strip_prefix("vol") {
-                        Some(rest) if !rest.starts_with('-') => format!("vol-{rest}"),
-                        _ => s.to_string(),
-                    };
-                    return Err(Status::failed_precondition(format!(
-                        "{} is volume {other}, not {volume_id}; not touching it",
-                        p.display()
-                    )));
-                }
-                // No serial to read (Xen instances): the attach name is all there is.
-                Err(_) if named => return Ok(real),
-                Err(_) => {}
+            match check_identity(cfg, &real, volume_id, named) {
+                Ok(true) => return Ok(real),
+                Ok(false) => {}
+                Err(e) => return Err(e),
             }
         }
         if Instant::now() + pause > deadline {
@@ -219,6 +201,134 @@ fn find_device(cfg: &NodeConfig, volume_id: &str, device_path: &str) -> Result<P
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// NodeStage's blocking part: mount `dev` (formatting it first only when blank) at `staging`.
+#[allow(clippy::too_many_arguments)]
+fn stage_on(
+    dev: &Path,
+    staging: &Path,
+    fs: &str,
+    flags: &[String],
+    format: &FormatOptions,
+    volume_id: &str,
+    t0: Instant,
+    t_found: Duration,
+) -> Result<(), Status> {
+    let want = mount::dev_id(dev).map_err(tool)?;
+    if let Some(m) = mount::mounted_at(staging).map_err(tool)? {
+        if m.dev == want {
+            return Ok(());
+        }
+        return Err(Status::already_exists(format!(
+            "{} already has another device mounted ({})",
+            staging.display(),
+            m.source
+        )));
+    }
+    std::fs::create_dir_all(staging).map_err(|e| io("creating the staging path", e))?;
+    let existing = mount::fs_on(dev).map_err(tool)?;
+    let t_probed = t0.elapsed();
+    let fresh = match &existing {
+        None => {
+            mount::mkfs(fs, dev, &format.mkfs_args(fs)).map_err(tool)?;
+            tracing::info!(volume = %volume_id, device = %dev.display(), %fs, "formatted");
+            true
+        }
+        Some(have) if fs_family(have) == fs_family(fs) => false,
+        Some(have) => {
+            return Err(Status::failed_precondition(format!(
+                "volume {} holds {have}, not {fs}; not reformatting it",
+                volume_id
+            )));
+        }
+    };
+    let mut opts = flags.to_vec();
+    if fs == "xfs" && !opts.iter().any(|o| o == "nouuid") {
+        // Volumes restored from one snapshot share the filesystem UUID.
+        opts.push("nouuid".into());
+    }
+    let mount_fs = existing
+        .filter(|_| !fresh)
+        .unwrap_or_else(|| fs.to_string());
+    let t_formatted = t0.elapsed();
+    mount::mount(dev, staging, &mount_fs, &opts).map_err(tool)?;
+    if !fresh {
+        // The volume may have grown while detached (or been restored to a larger size).
+        if let Err(e) = mount::grow(&mount_fs, dev, staging) {
+            tracing::warn!(volume = %volume_id, error = %e, "growing the filesystem at stage failed");
+        }
+    }
+    tracing::info!(volume = %volume_id, device = %dev.display(), staging = %staging.display(),
+        found = ?t_found, probed = ?t_probed, formatted = ?t_formatted, total = ?t0.elapsed(),
+        "NodeStageVolume (cumulative timings)");
+    Ok(())
+}
+
+/// Unmounts everything stacked at `path` (nothing mounted is fine).
+fn unmount_all(path: &Path) -> Result<(), Status> {
+    while mount::mounted_at(path).map_err(tool)?.is_some() {
+        mount::umount(path).map_err(tool)?;
+    }
+    Ok(())
+}
+
+/// Runs blocking filesystem work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("blocking task: {e}")))?
+}
+
+/// Whether `real` (a resolved device path) is volume `volume_id`: it must be a block device, and
+/// its serial must name the volume. Without a readable serial (Xen instances have none) only a
+/// device found by its attach name (`by_name`) is accepted, and only a whole `xvd*` disk.
+/// `Ok(false)`: not provable yet (keep looking); `Err`: provably another volume or no device.
+fn check_identity(
+    cfg: &NodeConfig,
+    real: &Path,
+    volume_id: &str,
+    by_name: bool,
+) -> Result<bool, Status> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_block = std::fs::metadata(real).is_ok_and(|m| m.file_type().is_block_device());
+    if !is_block {
+        return Err(Status::failed_precondition(format!(
+            "{} is not a block device; not touching it",
+            real.display()
+        )));
+    }
+    let kname = real
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let serial_file = match &cfg.serial_dir {
+        Some(d) => d.join(&kname),
+        None => PathBuf::from(format!("/sys/block/{kname}/device/serial")),
+    };
+    match std::fs::read_to_string(&serial_file) {
+        Ok(s) if s.trim() == serial_of(volume_id) => Ok(true),
+        Ok(s) => {
+            let s = s.trim();
+            // The NVMe serial is the volume id without its dash.
+            let other = match s.strip_prefix("vol") {
+                Some(rest) if !rest.starts_with('-') => format!("vol-{rest}"),
+                _ => s.to_string(),
+            };
+            Err(Status::failed_precondition(format!(
+                "{} is volume {other}, not {volume_id}; not touching it",
+                real.display()
+            )))
+        }
+        Err(_) if by_name && (kname.starts_with("xvd") || cfg.serial_dir.is_some()) => Ok(true),
+        Err(_) if by_name => Err(Status::failed_precondition(format!(
+            "{} has no serial to prove it is {volume_id}; not touching it",
+            real.display()
+        ))),
+        Err(_) => Ok(false),
     }
 }
 
@@ -302,51 +412,15 @@ impl Node for NodeService {
         let t0 = Instant::now();
         let dev = self.find_device(&r.volume_id, &device_path).await?;
         let t_found = t0.elapsed();
-        let want = mount::dev_id(&dev).map_err(tool)?;
-        if let Some(m) = mount::mounted_at(&staging).map_err(tool)? {
-            if m.dev == want {
-                return Ok(Response::new(NodeStageVolumeResponse {}));
-            }
-            return Err(Status::already_exists(format!(
-                "{} already has another device mounted ({})",
-                staging.display(),
-                m.source
-            )));
-        }
-        std::fs::create_dir_all(&staging).map_err(|e| io("creating the staging path", e))?;
-        let existing = mount::fs_on(&dev).map_err(tool)?;
-        let t_probed = t0.elapsed();
-        let fresh = match &existing {
-            None => {
-                mount::mkfs(&fs, &dev, &format.mkfs_args(&fs)).map_err(tool)?;
-                tracing::info!(volume = %r.volume_id, device = %dev.display(), %fs, "formatted");
-                true
-            }
-            Some(have) if fs_family(have) == fs_family(&fs) => false,
-            Some(have) => {
-                return Err(Status::failed_precondition(format!(
-                    "volume {} holds {have}, not {fs}; not reformatting it",
-                    r.volume_id
-                )));
-            }
-        };
-        let mut opts = flags.clone();
-        if fs == "xfs" && !opts.iter().any(|o| o == "nouuid") {
-            // Volumes restored from one snapshot share the filesystem UUID.
-            opts.push("nouuid".into());
-        }
-        let mount_fs = existing.filter(|_| !fresh).unwrap_or_else(|| fs.clone());
-        let t_formatted = t0.elapsed();
-        mount::mount(&dev, &staging, &mount_fs, &opts).map_err(tool)?;
-        if !fresh {
-            // The volume may have grown while detached (or been restored to a larger size).
-            if let Err(e) = mount::grow(&mount_fs, &dev, &staging) {
-                tracing::warn!(volume = %r.volume_id, error = %e, "growing the filesystem at stage failed");
-            }
-        }
-        tracing::info!(volume = %r.volume_id, device = %dev.display(), staging = %staging.display(),
-            found = ?t_found, probed = ?t_probed, formatted = ?t_formatted, total = ?t0.elapsed(),
-            "NodeStageVolume (cumulative timings)");
+        let volume_id = r.volume_id.clone();
+        // mkfs, mount and resize block: off the async workers, so a slow or hung device cannot
+        // stall every other RPC (Probe included).
+        blocking(move || {
+            stage_on(
+                &dev, &staging, &fs, &flags, &format, &volume_id, t0, t_found,
+            )
+        })
+        .await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
@@ -359,9 +433,7 @@ impl Node for NodeService {
         need(&r.staging_target_path, "staging_target_path")?;
         let staging = inside(&self.cfg.kubelet_root, &r.staging_target_path)?;
         let _g = self.inflight.enter(&r.volume_id)?;
-        while mount::mounted_at(&staging).map_err(tool)?.is_some() {
-            mount::umount(&staging).map_err(tool)?;
-        }
+        blocking(move || unmount_all(&staging)).await?;
         tracing::info!(volume = %r.volume_id, "NodeUnstageVolume");
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
@@ -449,16 +521,17 @@ impl Node for NodeService {
         need(&r.target_path, "target_path")?;
         let target = inside(&self.cfg.kubelet_root, &r.target_path)?;
         let _g = self.inflight.enter(&r.volume_id)?;
-        while mount::mounted_at(&target).map_err(tool)?.is_some() {
-            mount::umount(&target).map_err(tool)?;
-        }
-        match std::fs::symlink_metadata(&target) {
-            Ok(m) if m.is_dir() => {
-                std::fs::remove_dir(&target).map_err(|e| io("removing the target", e))?
+        blocking(move || {
+            unmount_all(&target)?;
+            match std::fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => {
+                    std::fs::remove_dir(&target).map_err(|e| io("removing the target", e))
+                }
+                Ok(_) => std::fs::remove_file(&target).map_err(|e| io("removing the target", e)),
+                Err(_) => Ok(()),
             }
-            Ok(_) => std::fs::remove_file(&target).map_err(|e| io("removing the target", e))?,
-            Err(_) => {}
-        }
+        })
+        .await?;
         tracing::info!(volume = %r.volume_id, "NodeUnpublishVolume");
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
@@ -470,7 +543,7 @@ impl Node for NodeService {
         let r = request.into_inner();
         need(&r.volume_id, "volume_id")?;
         need(&r.volume_path, "volume_path")?;
-        let path = PathBuf::from(&r.volume_path);
+        let path = inside(&self.cfg.kubelet_root, &r.volume_path)?;
         let meta = std::fs::metadata(&path).map_err(|_| {
             Status::not_found(format!("volume path {} does not exist", path.display()))
         })?;
@@ -513,14 +586,16 @@ impl Node for NodeService {
         let r = request.into_inner();
         need(&r.volume_id, "volume_id")?;
         need(&r.volume_path, "volume_path")?;
-        let path = PathBuf::from(&r.volume_path);
-        if !path.exists() {
+        let path = inside(&self.cfg.kubelet_root, &r.volume_path)?;
+        let Ok(meta) = std::fs::metadata(&path) else {
             return Err(Status::not_found(format!(
                 "volume path {} does not exist",
                 path.display()
             )));
-        }
-        if r.volume_capability.as_ref().is_some_and(block_of) {
+        };
+        use std::os::unix::fs::FileTypeExt;
+        if r.volume_capability.as_ref().is_some_and(block_of) || meta.file_type().is_block_device()
+        {
             let size = mount::device_size(&path).map_err(tool)? as i64;
             return Ok(Response::new(NodeExpandVolumeResponse {
                 capacity_bytes: size,
@@ -533,8 +608,12 @@ impl Node for NodeService {
                 path.display()
             )));
         };
-        // The device behind the mount (its source is the device node it was mounted from).
+        // The device behind the mount (its source is the device node it was mounted from),
+        // proved to be this volume before its filesystem is touched.
         let dev = PathBuf::from(&m.source);
+        let real =
+            std::fs::canonicalize(&dev).map_err(|e| io("resolving the mounted device", e))?;
+        check_identity(&self.cfg, &real, &r.volume_id, true)?;
         let want = r
             .capacity_range
             .as_ref()
@@ -551,15 +630,19 @@ impl Node for NodeService {
                 "the device is still {size} bytes, not {want}; retry"
             )));
         }
-        mount::grow(&m.fs_type, &dev, &path).map_err(|e| {
-            let mut msg = e.to_string();
-            if msg.contains("Permission denied") && m.fs_type.starts_with("ext") {
-                msg.push_str(
-                    " (growing ext4 online needs CAP_SYS_RESOURCE: run the node plugin privileged)",
-                );
-            }
-            Status::internal(msg)
-        })?;
+        let fs_type = m.fs_type.clone();
+        blocking(move || {
+            mount::grow(&fs_type, &dev, &path).map_err(|e| {
+                let mut msg = e.to_string();
+                if msg.contains("Permission denied") && fs_type.starts_with("ext") {
+                    msg.push_str(
+                        " (growing ext4 online needs CAP_SYS_RESOURCE: run the node plugin privileged)",
+                    );
+                }
+                Status::internal(msg)
+            })
+        })
+        .await?;
         tracing::info!(volume = %r.volume_id, bytes = size, "NodeExpandVolume");
         Ok(Response::new(NodeExpandVolumeResponse {
             capacity_bytes: size as i64,
@@ -604,5 +687,78 @@ impl Node for NodeService {
                     .collect(),
             }),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(serials: Option<PathBuf>) -> NodeConfig {
+        NodeConfig {
+            dev_root: PathBuf::from("/dev"),
+            serial_dir: serials,
+            kubelet_root: PathBuf::from("/var/lib/kubelet"),
+            device_wait: Duration::from_millis(10),
+            volume_attach_limit: None,
+            reserved_attachments: None,
+        }
+    }
+
+    #[test]
+    fn only_a_block_device_with_the_right_serial_is_the_volume() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("disk.img");
+        std::fs::write(&file, b"x").expect("file");
+        let e = check_identity(&cfg(None), &file, "vol-1", true).expect_err("a file");
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        // /dev/null is a character device, not a block device.
+        let e = check_identity(&cfg(None), Path::new("/dev/null"), "vol-1", true)
+            .expect_err("a char device");
+        assert!(
+            e.message().contains("not a block device"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn device_paths_stay_inside_the_device_directory() {
+        let c = cfg(None);
+        for bad in [
+            "/dev//etc/passwd",
+            "/dev/../etc",
+            "/dev/xvd/../../x",
+            "/dev/",
+            "xvdaa",
+        ] {
+            let e = find_device(&c, "vol-0123", bad).expect_err(bad);
+            assert_eq!(e.code(), tonic::Code::NotFound, "{bad}: {e:?}");
+            assert!(
+                e.message().contains("no devicePath"),
+                "{bad}: {}",
+                e.message()
+            );
+        }
+    }
+
+    #[test]
+    fn paths_must_be_under_the_kubelet_root() {
+        let root = Path::new("/var/lib/kubelet");
+        assert!(inside(root, "/var/lib/kubelet/pods/x/volumes/v").is_ok());
+        for bad in [
+            "/",
+            "/etc",
+            "/var/lib/kubelet",
+            "relative/x",
+            "/var/lib/kubelet/../../etc",
+            "/var/lib/kubeletX/y",
+        ] {
+            assert_eq!(
+                inside(root, bad).map(|_| ()).map_err(|e| e.code()),
+                Err(tonic::Code::InvalidArgument),
+                "{bad}"
+            );
+        }
     }
 }

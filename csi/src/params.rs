@@ -338,7 +338,7 @@ pub fn size_gib(required: i64, limit: i64) -> Result<i64, String> {
         (limit / GIB).max(1) * GIB
     };
     let gib = want / GIB + i64::from(want % GIB != 0);
-    if limit > 0 && gib * GIB > limit {
+    if limit > 0 && gib.saturating_mul(GIB) > limit {
         return Err(format!(
             "capacity_range: {required} bytes rounded up to whole GiB ({gib} GiB) exceeds limit_bytes {limit}"
         ));

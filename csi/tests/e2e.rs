@@ -607,6 +607,10 @@ async fn spec_rules_concurrency_and_the_attachment_limit() {
             },
         )),
     });
+    let mut bad_mutable = create_req("pvc-x", 1, "ext4", &az);
+    bad_mutable
+        .mutable_parameters
+        .insert("XXX_FakeKey".into(), "x".into());
     let cases: Vec<(&str, Code, Code)> = vec![
         (
             "CreateVolume no name",
@@ -637,6 +641,65 @@ async fn spec_rules_concurrency_and_the_attachment_limit() {
             "CreateVolume missing snapshot",
             code(c.create_volume(from_missing).await),
             Code::NotFound,
+        ),
+        (
+            "CreateVolume bad mutable parameter",
+            code(c.create_volume(bad_mutable).await),
+            Code::InvalidArgument,
+        ),
+        (
+            "Expand empty capacity",
+            code(
+                c.controller_expand_volume(ControllerExpandVolumeRequest {
+                    volume_id: vol.clone(),
+                    capacity_range: Some(CapacityRange {
+                        required_bytes: 0,
+                        limit_bytes: 0,
+                    }),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Expand below the current size's limit",
+            code(
+                c.controller_expand_volume(ControllerExpandVolumeRequest {
+                    volume_id: vol.clone(),
+                    capacity_range: Some(CapacityRange {
+                        required_bytes: 0,
+                        limit_bytes: GIB / 2,
+                    }),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::OutOfRange,
+        ),
+        (
+            "NodeExpand outside the kubelet root",
+            code(
+                n.node_expand_volume(NodeExpandVolumeRequest {
+                    volume_id: vol.clone(),
+                    volume_path: "/".into(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "Stats outside the kubelet root",
+            code(
+                n.node_get_volume_stats(NodeGetVolumeStatsRequest {
+                    volume_id: vol.clone(),
+                    volume_path: "/etc".into(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            Code::InvalidArgument,
         ),
         (
             "DeleteVolume no id",

@@ -407,6 +407,13 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
             let ids = p.list("VolumeId");
             for id in &ids {
                 sim.volume(id)?;
+                // As EC2: asking for a volume that was never modified is an error.
+                if sim.modifications.get(id).is_none_or(|m| m.is_empty()) {
+                    return Err(ApiError::new(
+                        "InvalidVolumeModification.NotFound",
+                        format!("Modification for volume '{id}' does not exist."),
+                    ));
+                }
             }
             let latest: Vec<Modification> = sim
                 .modifications
