@@ -32,40 +32,46 @@ impl From<Unreachable> for CniError {
     }
 }
 
+/// An HTTP/2 channel over ipamd's unix socket, connected within `timeout` (also what ipamd's
+/// own health probe uses).
+pub async fn channel(path: &Path, timeout: Duration) -> Result<Channel, Unreachable> {
+    let p = path.to_path_buf();
+    let unreachable = |reason: String| Unreachable {
+        path: path.display().to_string(),
+        reason,
+    };
+    let ep = Endpoint::from_static("http://ipamd.local")
+        .connect_timeout(timeout)
+        .timeout(Duration::from_secs(60));
+    let connect = ep.connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+        let p = p.clone();
+        async move {
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(p).await?,
+            ))
+        }
+    }));
+    let ch = match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(ch)) => ch,
+        Ok(Err(e)) => {
+            use std::error::Error;
+            let mut reason = e.to_string();
+            let mut src = e.source();
+            while let Some(s) = src {
+                reason = format!("{reason}: {s}");
+                src = s.source();
+            }
+            return Err(unreachable(reason));
+        }
+        Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
+    };
+    Ok(ch)
+}
+
 impl Ipamd {
     /// Connects (HTTP/2 over the unix socket) within `timeout`.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Ipamd, Unreachable> {
-        let p = path.to_path_buf();
-        let unreachable = |reason: String| Unreachable {
-            path: path.display().to_string(),
-            reason,
-        };
-        let ep = Endpoint::from_static("http://ipamd.local")
-            .connect_timeout(timeout)
-            .timeout(Duration::from_secs(60));
-        let connect =
-            ep.connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let p = p.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(p).await?,
-                    ))
-                }
-            }));
-        let ch = match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok(ch)) => ch,
-            Ok(Err(e)) => {
-                use std::error::Error;
-                let mut reason = e.to_string();
-                let mut src = e.source();
-                while let Some(s) = src {
-                    reason = format!("{reason}: {s}");
-                    src = s.source();
-                }
-                return Err(unreachable(reason));
-            }
-            Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
-        };
+        let ch = channel(path, timeout).await?;
         Ok(Ipamd {
             c: IpamClient::new(ch),
             path: path.to_path_buf(),

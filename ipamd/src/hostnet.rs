@@ -148,7 +148,13 @@ impl HostNet {
             (format!("net/ipv4/conf/{primary_if}/rp_filter"), "2"),
             ("net/ipv4/ip_forward".to_string(), "1"),
         ] {
-            std::fs::write(std::path::Path::new("/proc/sys").join(&key), value)?;
+            let path = std::path::Path::new("/proc/sys").join(&key);
+            // Already right (set by the privileged init container, `ipamd --host-setup`): no
+            // write, so ipamd itself runs with a read-only /proc/sys.
+            if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == value) {
+                continue;
+            }
+            std::fs::write(&path, value)?;
         }
         Ok(())
     }

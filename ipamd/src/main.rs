@@ -40,6 +40,15 @@ struct Cli {
     /// Seconds between pool reconciliations (a change wakes the reconciler at once).
     #[arg(long, default_value_t = 5)]
     reconcile_interval: u64,
+    /// Set the host sysctls ipamd needs (rp_filter on the primary interface, ip_forward) and
+    /// exit: the privileged init container's job, so ipamd itself needs no write access to
+    /// /proc/sys.
+    #[arg(long, conflicts_with = "probe")]
+    host_setup: bool,
+    /// Ask the running ipamd's gRPC health service over its socket; exit 0 when SERVING (the
+    /// DaemonSet's liveness and readiness probe).
+    #[arg(long)]
+    probe: bool,
 }
 
 fn main() -> Result<()> {
@@ -65,7 +74,53 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if cli.probe {
+        return rt.block_on(probe(&cfg.socket));
+    }
+    if cli.host_setup {
+        return rt.block_on(host_setup());
+    }
     rt.block_on(run(cfg, Duration::from_secs(cli.reconcile_interval)))
+}
+
+async fn probe(socket: &std::path::Path) -> Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let ch = nodewire_cni::ipam::channel(socket, Duration::from_secs(2))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let r = tokio::time::timeout(
+        Duration::from_secs(3),
+        HealthClient::new(ch).check(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .context("no health answer within 3 s")?
+    .context("health check")?
+    .into_inner();
+    anyhow::ensure!(
+        r.status == ServingStatus::Serving as i32,
+        "ipamd is not serving (status {})",
+        r.status
+    );
+    println!("SERVING");
+    Ok(())
+}
+
+async fn host_setup() -> Result<()> {
+    let imds = nodewire_aws::imds::Imds::new(None).context("IMDS client")?;
+    let node = cloud::discover(&imds)
+        .await
+        .context("discovering the node from IMDS")?;
+    let host = ipamd::hostnet::HostNet::new().context("netlink")?;
+    let primary_if = host
+        .link_name(&node.primary_mac)
+        .await
+        .context("finding the primary interface")?;
+    ipamd::hostnet::HostNet::sysctls(&primary_if).context("writing sysctls")?;
+    tracing::info!(%primary_if, "host sysctls set");
+    Ok(())
 }
 
 async fn run(cfg: Config, interval: Duration) -> Result<()> {

@@ -1021,3 +1021,62 @@ async fn snat_and_connmark_rules_are_installed_once_and_survive_restarts() {
     drop(ipamd);
     sim.shutdown().await.expect("shutdown");
 }
+
+/// The DaemonSet's helpers: `ipamd --host-setup` (the privileged init container) sets the
+/// sysctls so ipamd need not, and `ipamd --probe` (liveness/readiness) answers from the health
+/// service over the socket — 0 while ipamd serves, non-zero once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_setup_and_the_health_probe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = vpc(dir.path(), 31, quick()).await;
+    let node = sim.info.nodes[0].clone();
+    let in_node = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .args(args)
+            .env(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                "http://169.254.169.254",
+            )
+            .env("NODEWIRE_IPAMD_SOCKET", dir.path().join("ipamd.sock"))
+            .output()
+            .expect("run in node")
+    };
+    let sysctl = |k: &str| {
+        String::from_utf8_lossy(&in_node(&["sysctl", "-n", k]).stdout)
+            .trim()
+            .to_string()
+    };
+    in_node(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.eth0.rp_filter=1",
+        "net.ipv4.ip_forward=0",
+    ]);
+    let bin = env!("CARGO_BIN_EXE_ipamd");
+    let out = in_node(&[bin, "--host-setup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sysctl("net.ipv4.conf.eth0.rp_filter"), "2");
+    assert_eq!(sysctl("net.ipv4.ip_forward"), "1");
+
+    let down = in_node(&[bin, "--probe"]);
+    assert!(!down.status.success(), "no ipamd yet: the probe fails");
+    let ipamd = Ipamd::start(&node, dir.path(), &[]);
+    let _c = ipamd.client().await;
+    let up = in_node(&[bin, "--probe"]);
+    assert!(
+        up.status.success() && String::from_utf8_lossy(&up.stdout).contains("SERVING"),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    drop(ipamd);
+    assert!(
+        !in_node(&[bin, "--probe"]).status.success(),
+        "ipamd stopped"
+    );
+    sim.shutdown().await.expect("shutdown");
+}
