@@ -1,6 +1,6 @@
 # nodewire — top-level commands. Needs root (network namespaces, loop devices) on Debian 12.
 #   make demo   bring up a 2-node simulated VPC, show metadata and an ENI hot-plug, tear down
-#   make test   everything CI runs: fmt, clippy, unit, kernel and e2e tests, moto contract suite
+#   make test   everything CI runs: fmt, clippy, manifests, unit, kernel and e2e tests, moto contract suite
 #   make bench  every benchmark (bench-* targets)
 
 SHELL := /bin/bash
@@ -8,6 +8,7 @@ CARGO ?= cargo
 export CARGO_TARGET_DIR ?= /var/tmp/nodewire-target
 VENV := .venv
 MOTO_VERSION := 5.2.5
+KUBERNETES_VALIDATE_VERSION := 1.37.0
 VPCSIM := $(CARGO_TARGET_DIR)/debug/vpcsim
 
 # The vpc-cni that ships: release, statically linked. It runs on the host, not in the image, so it
@@ -19,7 +20,7 @@ CNI_STATIC := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/cni/vpc-cni
 # Benchmarks register themselves here (bench-cni, bench-ipamd, …) as they are added.
 BENCH_TARGETS := bench-ipamd bench-cni bench-csi
 
-.PHONY: ipamd-release cni-static all build test fmt-check clippy unit venv peers demo bench bench-ipamd bench-cni bench-csi deps leftovers clean-sim
+.PHONY: manifests ipamd-release cni-static all build test fmt-check clippy unit venv peers demo bench bench-ipamd bench-cni bench-csi deps leftovers clean-sim
 
 all: build
 
@@ -29,11 +30,21 @@ deps:
 build:
 	$(CARGO) build --workspace --all-targets
 
-$(VENV)/bin/moto_server:
+$(VENV)/bin/python:
 	python3 -m venv $(VENV)
+
+$(VENV)/bin/moto_server: | $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check moto==$(MOTO_VERSION) flask flask-cors
 
-venv: $(VENV)/bin/moto_server
+$(VENV)/bin/kubernetes-validate: | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)
+
+venv: $(VENV)/bin/moto_server $(VENV)/bin/kubernetes-validate
+
+# deploy/: every kustomize overlay rendered offline (kubectl kustomize), checked against the
+# Kubernetes schemas (kubernetes-validate --strict) and for one driver name / existing accounts.
+manifests: venv
+	$(VENV)/bin/python scripts/validate-manifests.py
 
 # Third-party CNI clients for the tests: containerd 1.6 + runc, Debian's reference plugins,
 # cnitool built from Debian's libcni source, a local pause image, the PyPI CRI client (.peers/).
@@ -49,7 +60,7 @@ clippy:
 unit: venv peers
 	$(CARGO) test --workspace --no-fail-fast
 
-test: deps fmt-check clippy
+test: deps fmt-check clippy manifests
 	@bash scripts/check-leftovers.sh snapshot
 	@status=0; $(MAKE) --no-print-directory unit || status=$$?; \
 	  bash scripts/check-leftovers.sh verify || status=1; exit $$status

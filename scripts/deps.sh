@@ -6,6 +6,9 @@ missing=()
 for p in "${pkgs[@]}"; do
   [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == *" ok installed" ]] || missing+=("$p")
 done
+# kubectl (for `kubectl kustomize` in make manifests): Debian's kubernetes-client unless some
+# kubectl is already there (another package may own /usr/bin/kubectl).
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing packages ${missing[*]}; run as root (apt-get install)" >&2
