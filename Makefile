@@ -2,6 +2,7 @@
 #   make demo   bring up a 2-node simulated VPC, show metadata and an ENI hot-plug, tear down
 #   make test   everything CI runs: fmt, clippy, manifests, unit, kernel and e2e tests, moto contract suite
 #   make bench  every benchmark (bench-* targets)
+#   make image  the container image (buildah), checked: each binary answers --version
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -20,7 +21,7 @@ CNI_STATIC := $(CARGO_TARGET_DIR)/$(HOST_TRIPLE)/cni/vpc-cni
 # Benchmarks register themselves here (bench-cni, bench-ipamd, …) as they are added.
 BENCH_TARGETS := bench-ipamd bench-cni bench-csi
 
-.PHONY: manifests ipamd-release cni-static all build test fmt-check clippy unit venv peers demo bench bench-ipamd bench-cni bench-csi deps leftovers clean-sim
+.PHONY: image manifests ipamd-release cni-static all build test fmt-check clippy unit venv peers demo bench bench-ipamd bench-cni bench-csi deps leftovers clean-sim
 
 all: build
 
@@ -101,6 +102,12 @@ bench-cni: deps peers cni-static
 bench-csi: deps
 	$(CARGO) build --profile perf -p nodewire-csi --bin ebs-csi --example bench_csi
 	BENCH_CSI_BIN=$(CARGO_TARGET_DIR)/perf/ebs-csi $(CARGO_TARGET_DIR)/perf/examples/bench_csi
+
+# The container image (Dockerfile) built with buildah against local Debian/Rust base images
+# (scripts/base-images.sh: debootstrap + this machine's toolchain, under the default names);
+# proven by every binary answering --version inside it.
+image: deps
+	bash scripts/image.sh
 
 # Remove a simulation left behind by a crashed `vpcsim up` (default state directory).
 clean-sim:

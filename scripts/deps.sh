@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks for building and testing nodewire.
 set -euo pipefail
-pkgs=(protobuf-compiler iproute2 util-linux e2fsprogs xfsprogs python3-venv jq curl procps gcc libc6-dev make nftables iputils-ping)
+pkgs=(protobuf-compiler iproute2 util-linux e2fsprogs xfsprogs python3-venv jq curl procps gcc libc6-dev make nftables iputils-ping buildah debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == *" ok installed" ]] || missing+=("$p")
