@@ -10,7 +10,7 @@ bash scripts/base-images.sh >/dev/null
 ca=()
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] &&
   ca=(-v /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg CARGO_HTTP_CAINFO=/run/host-ca.crt)
-buildah bud --quiet --layers "${ca[@]}" -f Dockerfile -t "$TAG" . >/dev/null
+buildah bud --quiet --layers --force-rm "${ca[@]}" -f Dockerfile -t "$TAG" . >/dev/null
 ctr=$(buildah from --quiet "$TAG")
 trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
 for bin in ipamd vpc-cni ebs-csi; do
