@@ -6,7 +6,7 @@
 use crate::cloud::{CloudError, Ec2, Volume};
 use crate::devices;
 use crate::params::{self, GIB, Invalid, TAG_CLUSTER, TAG_SNAPSHOT_NAME};
-use crate::{Inflight, access_of, check_caps};
+use crate::{Inflight, access_of, check_caps, need};
 use nodewire_proto::csi::controller_server::Controller;
 use nodewire_proto::csi::*;
 use sha2::{Digest, Sha256};
@@ -147,31 +147,12 @@ impl ControllerService {
         }
     }
 
-    /// Polls `probe` with backoff until it yields, or `limit` passes.
-    async fn wait_for<T, F, Fut>(
-        &self,
-        what: &str,
-        limit: Duration,
-        mut probe: F,
-    ) -> Result<T, Status>
+    async fn wait_for<T, F, Fut>(&self, what: &str, limit: Duration, probe: F) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>, Status>>,
     {
-        let deadline = Instant::now() + limit;
-        let mut pause = self.waits.first_poll;
-        loop {
-            if let Some(v) = probe().await? {
-                return Ok(v);
-            }
-            if Instant::now() + pause > deadline {
-                return Err(Status::deadline_exceeded(format!(
-                    "{what} did not happen within {limit:?}; retry"
-                )));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause.mul_f32(1.5)).min(Duration::from_secs(2));
-        }
+        poll(what, limit, self.waits.first_poll, probe).await
     }
 
     async fn wait_volume(
@@ -339,6 +320,34 @@ impl ControllerService {
     }
 }
 
+/// Polls `probe` with backoff (×1.5 from `first`, at most 2 s) until it yields, or `limit`
+/// passes (`DEADLINE_EXCEEDED`: the CO retries).
+async fn poll<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    first: Duration,
+    mut probe: F,
+) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, Status>>,
+{
+    let deadline = Instant::now() + limit;
+    let mut pause = first;
+    loop {
+        if let Some(v) = probe().await? {
+            return Ok(v);
+        }
+        if Instant::now() + pause > deadline {
+            return Err(Status::deadline_exceeded(format!(
+                "{what} did not happen within {limit:?}; retry"
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = pause.mul_f32(1.5).min(Duration::from_secs(2));
+    }
+}
+
 /// A device name held for an attach in flight; released on drop.
 struct Reservation<'a> {
     svc: &'a ControllerService,
@@ -349,14 +358,6 @@ struct Reservation<'a> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.svc.unreserve(&self.instance, &self.name);
-    }
-}
-
-fn need(v: &str, what: &str) -> Result<(), Status> {
-    if v.is_empty() {
-        Err(Status::invalid_argument(format!("{what} is required")))
-    } else {
-        Ok(())
     }
 }
 
@@ -1084,22 +1085,14 @@ impl Coalescer {
     }
 
     async fn settled(&self, id: &str, done: &[&str]) -> Result<(), Status> {
-        let deadline = Instant::now() + self.waits.modify;
-        let mut pause = self.waits.first_poll;
-        loop {
+        let what = format!("the modification of {id} settling");
+        poll(&what, self.waits.modify, self.waits.first_poll, || async {
             let m = self.ec2.modification(id).await.map_err(cloud)?;
-            if m.as_ref().is_none_or(|m| done.contains(&m.state.as_str())) {
-                return Ok(());
-            }
-            if Instant::now() + pause > deadline {
-                return Err(Status::deadline_exceeded(format!(
-                    "the modification of {id} did not settle within {:?}; retry",
-                    self.waits.modify
-                )));
-            }
-            tokio::time::sleep(pause).await;
-            pause = pause.mul_f32(1.5).min(Duration::from_secs(2));
-        }
+            Ok(m.as_ref()
+                .is_none_or(|m| done.contains(&m.state.as_str()))
+                .then_some(()))
+        })
+        .await
     }
 
     async fn apply(&self, id: &str, c: &Change) -> Result<(), Status> {

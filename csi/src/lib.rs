@@ -61,6 +61,15 @@ impl Drop for InflightGuard {
     }
 }
 
+/// The spec's rule for a required string field: empty is `INVALID_ARGUMENT` naming it.
+pub fn need(v: &str, what: &str) -> Result<(), Status> {
+    if v.is_empty() {
+        Err(Status::invalid_argument(format!("{what} is required")))
+    } else {
+        Ok(())
+    }
+}
+
 /// Checks the capabilities are ones an EBS volume can serve: single-node access (an EBS volume
 /// attaches to one instance), mount or block.
 pub fn check_caps(caps: &[VolumeCapability]) -> Result<(), Status> {

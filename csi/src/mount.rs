@@ -15,14 +15,14 @@ pub enum MountError {
     Io(String, std::io::Error),
 }
 
-/// Runs a tool; `Ok(exit code, stdout)` when it exited 0 (or, for blkid, whatever it exited).
-fn run(prog: &str, args: &[&str]) -> Result<(i32, String), MountError> {
+/// Runs a tool; `Ok(exit code, stdout)` when it exited with one of the `ok` codes.
+fn run_ok(prog: &str, args: &[&str], ok: &[i32]) -> Result<(i32, String), MountError> {
     let out = Command::new(prog)
         .args(args)
         .output()
         .map_err(|e| MountError::Io(format!("running {prog}"), e))?;
     let code = out.status.code().unwrap_or(-1);
-    if code != 0 && prog != "blkid" {
+    if !ok.contains(&code) {
         return Err(MountError::Tool {
             cmd: format!("{prog} {}", args.join(" ")),
             msg: format!(
@@ -32,6 +32,10 @@ fn run(prog: &str, args: &[&str]) -> Result<(i32, String), MountError> {
         });
     }
     Ok((code, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+fn run(prog: &str, args: &[&str]) -> Result<(i32, String), MountError> {
+    run_ok(prog, args, &[0])
 }
 
 /// One line of /proc/self/mountinfo.
@@ -140,20 +144,14 @@ pub fn fs_on(dev: &Path) -> Result<Option<String>, MountError> {
         return Ok(None);
     }
     let d = dev.to_string_lossy();
-    let (code, out) = run(
+    // Exit 2: blkid found nothing.
+    let (code, out) = run_ok(
         "blkid",
         &["-p", "-s", "TYPE", "-s", "PTTYPE", "-o", "export", &d],
+        &[0, 2],
     )?;
-    match code {
-        0 => {}
-        // blkid: nothing found.
-        2 => return Ok(None),
-        c => {
-            return Err(MountError::Tool {
-                cmd: format!("blkid -p {d}"),
-                msg: format!("exit {c}"),
-            });
-        }
+    if code == 2 {
+        return Ok(None);
     }
     for l in out.lines() {
         if let Some(t) = l.strip_prefix("TYPE=") {

@@ -3,7 +3,7 @@
 
 use crate::mount::{self, MountError};
 use crate::params::{FS_TYPES, FormatOptions};
-use crate::{Inflight, check_caps, devices};
+use crate::{Inflight, check_caps, devices, need};
 use nodewire_aws::imds::Imds;
 use nodewire_proto::csi::node_server::Node;
 use nodewire_proto::csi::*;
@@ -43,14 +43,6 @@ fn io(what: &str, e: std::io::Error) -> Status {
 
 fn tool(e: MountError) -> Status {
     Status::internal(e.to_string())
-}
-
-fn need(v: &str, what: &str) -> Result<(), Status> {
-    if v.is_empty() {
-        Err(Status::invalid_argument(format!("{what} is required")))
-    } else {
-        Ok(())
-    }
 }
 
 /// The NVMe serial / by-id name of a volume: its id without the dash.

@@ -40,22 +40,10 @@ impl Plugin {
     pub async fn channel(&self) -> Channel {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if self.socket.exists() {
-                let path = self.socket.clone();
-                let ch = tonic::transport::Endpoint::try_from("http://csi.local")
-                    .expect("endpoint")
-                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                        let path = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                                tokio::net::UnixStream::connect(path).await?,
-                            ))
-                        }
-                    }))
-                    .await;
-                if let Ok(ch) = ch {
-                    return ch;
-                }
+            // The same HTTP/2-over-unix-socket channel vpc-cni uses to reach ipamd.
+            if let Ok(ch) = nodewire_cni::ipam::channel(&self.socket, Duration::from_secs(1)).await
+            {
+                return ch;
             }
             assert!(
                 Instant::now() < deadline,

@@ -56,22 +56,9 @@ impl Ipamd {
     pub async fn client(&self) -> IpamClient<Channel> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if self.socket.exists() {
-                let path = self.socket.clone();
-                let ch = tonic::transport::Endpoint::try_from("http://ipamd.local")
-                    .expect("endpoint")
-                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                        let path = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                                tokio::net::UnixStream::connect(path).await?,
-                            ))
-                        }
-                    }))
-                    .await;
-                if let Ok(ch) = ch {
-                    return IpamClient::new(ch);
-                }
+            if let Ok(ch) = nodewire_cni::ipam::channel(&self.socket, Duration::from_secs(1)).await
+            {
+                return IpamClient::new(ch);
             }
             assert!(
                 Instant::now() < deadline,
