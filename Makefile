@@ -1,5 +1,6 @@
 # nodewire — top-level commands. Needs root (network namespaces, loop devices) on Debian 12.
-#   make demo   bring up a 2-node simulated VPC, show metadata and an ENI hot-plug, tear down
+#   make demo   nodewire on a 2-node simulated VPC: pods on VPC IPs, traffic, an EBS volume
+#               moving between nodes; a report; full teardown (DEMO_ARGS="--help" for options)
 #   make test   everything CI runs: fmt, clippy, manifests, unit, kernel and e2e tests, moto contract suite
 #   make bench  every benchmark (bench-* targets)
 #   make image  the container image (buildah), checked: each binary answers --version
@@ -66,9 +67,10 @@ test: deps fmt-check clippy manifests
 	@status=0; $(MAKE) --no-print-directory unit || status=$$?; \
 	  bash scripts/check-leftovers.sh verify || status=1; exit $$status
 
+DEMO_ARGS ?=
 demo: deps
-	$(CARGO) build -p e2e --bin vpcsim
-	bash scripts/demo.sh $(VPCSIM)
+	$(CARGO) build -p nodewire-demo -p nodewire-ipamd -p nodewire-cni -p nodewire-csi
+	@bash scripts/demo.sh $(CARGO_TARGET_DIR)/debug/nodewire-demo $(DEMO_ARGS)
 
 bench:
 ifeq ($(strip $(BENCH_TARGETS)),)

@@ -6,8 +6,8 @@ set -uo pipefail
 state=${TMPDIR:-/tmp}/nodewire-leftovers
 ours_ns() { ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(vs|cn)[0-9a-f]{4}-' || true; }
 ours_loops() { losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null | awk '$2 ~ /\/volumes\/vol-[0-9a-f]+\.img/ {print $1}' || true; }
-ours_mounts() { findmnt -rn -o TARGET 2>/dev/null | grep -E '^/run/netns/(vs|cn)[0-9a-f]{4}-' || true; }
-ours_procs() { pgrep -f -a 'vpcsim up|moto_server -H 127.0.0.1|debug/ipamd|containerd --config|containerd-shim-runc' | grep -v pgrep || true; }
+ours_mounts() { findmnt -rn -o TARGET 2>/dev/null | grep -E '^/run/netns/(vs|cn)[0-9a-f]{4}-|/nodewire-demo\.' || true; }
+ours_procs() { pgrep -f -a 'vpcsim up|moto_server -H 127.0.0.1|debug/ipamd|debug/ebs-csi|debug/nodewire-demo|containerd --config|containerd-shim-runc' | grep -v pgrep || true; }
 case "${1:-verify}" in
   snapshot)
     mkdir -p "$state"
