@@ -194,9 +194,15 @@ pub struct Traffic {
 
 impl Traffic {
     pub fn all_ok(&self) -> bool {
-        [self.icmp, self.tcp, self.source_kept, self.to_node, self.snat]
-            .iter()
-            .all(Count::all)
+        [
+            self.icmp,
+            self.tcp,
+            self.source_kept,
+            self.to_node,
+            self.snat,
+        ]
+        .iter()
+        .all(Count::all)
             && self.src_dst_drops == 0
     }
 }
@@ -299,7 +305,10 @@ pub fn render(r: &Report) -> String {
     }
     o.push_str(&t.render(2));
 
-    let _ = writeln!(o, "\nPods (created through vpc-cni ADD, as a kubelet would)");
+    let _ = writeln!(
+        o,
+        "\nPods (created through vpc-cni ADD, as a kubelet would)"
+    );
     let mut headers: Vec<String> = Vec::new();
     for n in &r.nodes {
         headers.extend([
@@ -361,7 +370,10 @@ pub fn render(r: &Report) -> String {
     ]);
     o.push_str(&t.render(2));
 
-    let _ = writeln!(o, "\nThe volume's journey (CSI calls to ebs-csi, as kubelet and the sidecars make them)");
+    let _ = writeln!(
+        o,
+        "\nThe volume's journey (CSI calls to ebs-csi, as kubelet and the sidecars make them)"
+    );
     let mut t = Table::new(&["STEP", "NODE", "DETAIL", "TOOK"]);
     for s in &r.journey {
         t.row(vec![
@@ -384,7 +396,10 @@ pub fn render(r: &Report) -> String {
     for (node, up, left) in &r.pod_wiring {
         t.row(vec![
             format!("{node}: pod rules + routes, pods up → after DEL"),
-            format!("{up} → {left}{}", if *left == 0 { "" } else { "  LEFT BEHIND" }),
+            format!(
+                "{up} → {left}{}",
+                if *left == 0 { "" } else { "  LEFT BEHIND" }
+            ),
         ]);
     }
     o.push_str(&t.render(2));
@@ -402,7 +417,11 @@ pub fn enis_from_introspection(
         let device = e["device_number"].as_u64().unwrap_or(0) as u32;
         let (mut addresses, mut pods) = (0, 0);
         for c in e["cidrs"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            for a in c["addresses"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            for a in c["addresses"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
                 addresses += 1;
                 if a["pod"].is_string() {
                     pods += 1;
@@ -430,7 +449,9 @@ pub fn enis_from_introspection(
 /// prefixes), and no more than the node's max pods. From ipamd's `/v1/config`.
 pub fn pod_capacity(config: &serde_json::Value) -> Option<usize> {
     let l = &config["limits"];
-    let addresses = l["max_enis"].as_u64()? * l["slots_per_eni"].as_u64()? * l["addresses_per_slot"].as_u64()?;
+    let addresses = l["max_enis"].as_u64()?
+        * l["slots_per_eni"].as_u64()?
+        * l["addresses_per_slot"].as_u64()?;
     let max_pods = l["max_pods"].as_u64().unwrap_or(u64::MAX);
     Some(addresses.min(max_pods) as usize)
 }
@@ -548,8 +569,14 @@ mod tests {
         ]);
         let (rows, by_ip) = enis_from_introspection(&v);
         assert_eq!(rows.len(), 2);
-        assert_eq!((rows[0].id.as_str(), rows[0].pods, rows[0].addresses), ("eni-a", 1, 1));
-        assert_eq!((rows[1].id.as_str(), rows[1].pods, rows[1].addresses), ("eni-b", 1, 2));
+        assert_eq!(
+            (rows[0].id.as_str(), rows[0].pods, rows[0].addresses),
+            ("eni-a", 1, 1)
+        );
+        assert_eq!(
+            (rows[1].id.as_str(), rows[1].pods, rows[1].addresses),
+            ("eni-b", 1, 2)
+        );
         assert_eq!(
             by_ip.get(&"10.0.0.20".parse().expect("ip")),
             Some(&("eni-b".to_string(), 1))

@@ -104,7 +104,8 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, mut cmd: std::process::Command, log: PathBuf) -> Result<Proc> {
-        let f = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let f =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(f)
@@ -206,12 +207,13 @@ fn mount_points() -> Vec<PathBuf> {
             let b = m.as_bytes();
             let mut i = 0;
             while i < b.len() {
-                if b[i] == b'\\' && i + 3 < b.len() {
-                    if let Ok(v) = u8::from_str_radix(&m[i + 1..i + 4], 8) {
-                        out.push(v);
-                        i += 4;
-                        continue;
-                    }
+                if b[i] == b'\\'
+                    && i + 3 < b.len()
+                    && let Ok(v) = u8::from_str_radix(&m[i + 1..i + 4], 8)
+                {
+                    out.push(v);
+                    i += 4;
+                    continue;
                 }
                 out.push(b[i]);
                 i += 1;
@@ -331,7 +333,9 @@ impl World {
             .filter(|p| Path::new(&format!("/proc/{p}")).exists())
             .collect();
         let n_ns = self.namespaces.len();
-        self.work.close().context("removing the working directory")?;
+        self.work
+            .close()
+            .context("removing the working directory")?;
         if !(ns_left.is_empty()
             && mounts_left.is_empty()
             && loops_left.is_empty()
@@ -540,7 +544,12 @@ async fn csi_channel(p: &Proc, socket: &Path) -> Result<Channel> {
             return Ok(ch);
         }
         if Instant::now() > deadline {
-            bail!("{} never listened on {}:\n{}", p.name, socket.display(), p.tail(15));
+            bail!(
+                "{} never listened on {}:\n{}",
+                p.name,
+                socket.display(),
+                p.tail(15)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -618,7 +627,10 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
 
     // 1. The VPC.
     let t = Instant::now();
-    say(format!("vpcsim: starting a VPC with 2 × {}", cli.instance_type));
+    say(format!(
+        "vpcsim: starting a VPC with 2 × {}",
+        cli.instance_type
+    ));
     let timing = match cli.timing {
         TimingArg::Realistic => e2e::sim::Timing::default(),
         TimingArg::Quick => e2e::sim::Timing {
@@ -698,8 +710,14 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
             .env("RUST_LOG", "info")
             .env("NODEWIRE_IPAMD_SOCKET", &socket)
             .env("NODEWIRE_BACKING_STORE", dir.join("ipam.json"))
-            .env("NODEWIRE_INSTANCE_TYPE_CACHE", dir.join("instance-types.json"))
-            .env("AWS_VPC_K8S_CNI_BACKING_STORE", dir.join("upstream-ipam.json"));
+            .env(
+                "NODEWIRE_INSTANCE_TYPE_CACHE",
+                dir.join("instance-types.json"),
+            )
+            .env(
+                "AWS_VPC_K8S_CNI_BACKING_STORE",
+                dir.join("upstream-ipam.json"),
+            );
         if cli.prefix_delegation {
             cmd.env("ENABLE_PREFIX_DELEGATION", "true");
         }
@@ -789,19 +807,19 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
         ));
     }
     let config = http_get(&nodes[0].netns, 61679, "/v1/config").await?;
-    if let Some(cap) = demo::pod_capacity(&config) {
-        if cli.pods > cap {
-            bail!(
-                "{} pods per node do not fit: an {} holds {cap} pods in this mode{}",
-                cli.pods,
-                cli.instance_type,
-                if cli.prefix_delegation {
-                    ""
-                } else {
-                    "; pass --prefix-delegation or fewer --pods"
-                }
-            );
-        }
+    if let Some(cap) = demo::pod_capacity(&config)
+        && cli.pods > cap
+    {
+        bail!(
+            "{} pods per node do not fit: an {} holds {cap} pods in this mode{}",
+            cli.pods,
+            cli.instance_type,
+            if cli.prefix_delegation {
+                ""
+            } else {
+                "; pass --prefix-delegation or fewer --pods"
+            }
+        );
     }
 
     // 3. Pods.
@@ -863,7 +881,7 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
             result,
             add,
         });
-        if pods.len() % step == 0 || pods.len() == total {
+        if pods.len().is_multiple_of(step) || pods.len() == total {
             say(format!("pods: {}/{total} up", pods.len()));
         }
     }
@@ -922,17 +940,28 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
     say("traffic: pod ↔ pod across nodes (ICMP, TCP), pod → other node, pod → outside the VPC");
     let t_traffic = Instant::now();
     for p in &pods {
-        w.listeners.push(Task(tell_peer(&p.ns, SocketAddr::from((p.ip, PORT)))?));
+        w.listeners
+            .push(Task(tell_peer(&p.ns, SocketAddr::from((p.ip, PORT)))?));
     }
     let st = std::process::Command::new("ip")
-        .args(["-n", &fabric_ns, "addr", "add", &format!("{OUTSIDE}/32"), "dev", "lo"])
+        .args([
+            "-n",
+            &fabric_ns,
+            "addr",
+            "add",
+            &format!("{OUTSIDE}/32"),
+            "dev",
+            "lo",
+        ])
         .status()
         .context("ip addr add")?;
     if !st.success() {
         bail!("could not put {OUTSIDE} on the fabric's loopback");
     }
-    w.listeners
-        .push(Task(tell_peer(&fabric_ns, SocketAddr::from((OUTSIDE, PORT)))?));
+    w.listeners.push(Task(tell_peer(
+        &fabric_ns,
+        SocketAddr::from((OUTSIDE, PORT)),
+    )?));
     let drops_before = fabric::src_dst_drops(&fabric_ns);
     let per_node = cli.pods;
     let checks = futures::stream::iter(pods.iter().enumerate().map(|(k, p)| {
@@ -1048,7 +1077,10 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
         ));
     }
     timings.push((
-        format!("pod ADD ({total} pods, {} at a time): p50 / p99", cli.parallel),
+        format!(
+            "pod ADD ({total} pods, {} at a time): p50 / p99",
+            cli.parallel
+        ),
         format!("{} / {}", pct(&adds, 50.0), pct(&adds, 99.0)),
     ));
     timings.push((
@@ -1098,7 +1130,8 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
 
 /// A listener in `ns` that answers each connection with the address it came from.
 fn tell_peer(ns: &str, addr: SocketAddr) -> Result<tokio::task::JoinHandle<()>> {
-    let l = netns::tcp_listener(ns, addr).with_context(|| format!("listening on {addr} in {ns}"))?;
+    let l =
+        netns::tcp_listener(ns, addr).with_context(|| format!("listening on {addr} in {ns}"))?;
     Ok(tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
         while let Ok((mut s, peer)) = l.accept().await {
@@ -1225,7 +1258,9 @@ async fn volume_journey(
 
     let staging = w
         .kubelet()
-        .join(format!("plugins/kubernetes.io/csi/{driver}/{vol_id}/globalmount"))
+        .join(format!(
+            "plugins/kubernetes.io/csi/{driver}/{vol_id}/globalmount"
+        ))
         .display()
         .to_string();
     let target = |pod: &str| {
@@ -1269,10 +1304,7 @@ async fn volume_journey(
         step(
             "ControllerPublish (attach)",
             &nname,
-            format!(
-                "at {}",
-                pc.get("devicePath").cloned().unwrap_or_default()
-            ),
+            format!("at {}", pc.get("devicePath").cloned().unwrap_or_default()),
             t.elapsed(),
         );
 
@@ -1454,14 +1486,19 @@ async fn volume_journey(
     })
     .await
     .map_err(|s| anyhow!("DeleteVolume: {}", s.message()))?;
-    step("DeleteVolume", "-", format!("{vol_id} deleted"), t.elapsed());
+    step(
+        "DeleteVolume",
+        "-",
+        format!("{vol_id} deleted"),
+        t.elapsed(),
+    );
     Ok(steps)
 }
 
 // ---------------------------------------------------------------------------------------------
 
 enum Outcome {
-    Done(Result<Report>),
+    Done(Result<Box<Report>>),
     Interrupted(&'static str),
 }
 
@@ -1510,7 +1547,7 @@ async fn demo_main(cli: Cli) -> ExitCode {
         }
     };
     let outcome = tokio::select! {
-        r = run(&mut w, &cli, &bins) => Outcome::Done(r),
+        r = run(&mut w, &cli, &bins) => Outcome::Done(r.map(Box::new)),
         _ = int.recv() => Outcome::Interrupted("interrupted (SIGINT)"),
         _ = term.recv() => Outcome::Interrupted("terminated (SIGTERM)"),
         _ = hup.recv() => Outcome::Interrupted("hung up (SIGHUP)"),
@@ -1531,7 +1568,8 @@ async fn demo_main(cli: Cli) -> ExitCode {
         Outcome::Done(Ok(report)) => {
             print!("{}", demo::render(report));
             println!();
-            let ok = report.traffic.all_ok() && report.pod_wiring.iter().all(|(_, _, left)| *left == 0);
+            let ok =
+                report.traffic.all_ok() && report.pod_wiring.iter().all(|(_, _, left)| *left == 0);
             if ok {
                 ExitCode::SUCCESS
             } else {
