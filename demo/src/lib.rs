@@ -137,7 +137,7 @@ pub struct EniRow {
     pub device: u32,
     pub primary: bool,
     pub route_table: u32,
-    /// Addresses ipamd holds on it for pods (secondary IPs, or prefix addresses).
+    /// Addresses ipamd holds on it for pods: its secondary IPs, or 16 per /28 prefix.
     pub addresses: usize,
     pub pods: usize,
 }
@@ -417,12 +417,18 @@ pub fn enis_from_introspection(
         let device = e["device_number"].as_u64().unwrap_or(0) as u32;
         let (mut addresses, mut pods) = (0, 0);
         for c in e["cidrs"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            // A /32 secondary IP holds one pod address, a /28 prefix sixteen.
+            let len: u32 = c["cidr"]
+                .as_str()
+                .and_then(|s| s.split('/').nth(1))
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(32);
+            addresses += 1usize << (32 - len.clamp(24, 32));
             for a in c["addresses"]
                 .as_array()
                 .map(Vec::as_slice)
                 .unwrap_or_default()
             {
-                addresses += 1;
                 if a["pod"].is_string() {
                     pods += 1;
                     if let Some(ip) = a["ip"].as_str().and_then(|s| s.parse().ok()) {
@@ -564,14 +570,22 @@ mod tests {
                 {"cidr": "10.0.0.21/32", "addresses": [{"ip": "10.0.0.21", "cooling_since_ms": 5}]}
             ]},
             {"id": "eni-a", "device_number": 0, "primary": true, "route_table": 254, "cidrs": [
-                {"cidr": "10.0.0.10/32", "addresses": [{"ip": "10.0.0.10", "pod": "demo/p1"}]}
+                {"cidr": "10.0.0.10/32", "addresses": [{"ip": "10.0.0.10", "pod": "demo/p1"}]},
+                {"cidr": "10.0.0.11/32", "addresses": []}
+            ]},
+            {"id": "eni-c", "device_number": 2, "primary": false, "route_table": 3, "cidrs": [
+                {"cidr": "10.0.1.0/28", "prefix": true, "addresses": [{"ip": "10.0.1.3", "pod": "demo/p9"}]}
             ]}
         ]);
         let (rows, by_ip) = enis_from_introspection(&v);
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.len(), 3);
         assert_eq!(
             (rows[0].id.as_str(), rows[0].pods, rows[0].addresses),
-            ("eni-a", 1, 1)
+            ("eni-a", 1, 2)
+        );
+        assert_eq!(
+            (rows[2].id.as_str(), rows[2].pods, rows[2].addresses),
+            ("eni-c", 1, 16)
         );
         assert_eq!(
             (rows[1].id.as_str(), rows[1].pods, rows[1].addresses),
