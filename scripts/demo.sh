@@ -8,10 +8,17 @@ bin=${1:?usage: demo.sh path/to/nodewire-demo [args]}; shift
 here=$(cd "$(dirname "$0")" && pwd)
 export TMPDIR=${TMPDIR:-/tmp}
 bash "$here/check-leftovers.sh" snapshot
-# The demo catches Ctrl-C itself and tears down; this shell only waits for it.
+# The demo handles Ctrl-C (the terminal sends it to the demo too) and SIGTERM/SIGHUP itself by
+# tearing down; this shell passes TERM/HUP on (make sends those to it alone) and waits until the
+# demo has finished, so the check below always runs after the teardown.
+"$bin" "$@" &
+pid=$!
 trap ':' INT
-"$bin" "$@"
-status=$?
-trap - INT
-bash "$here/check-leftovers.sh" verify >/dev/null || { echo "demo: the check above found leftovers (now removed)" >&2; status=1; }
+trap 'kill -TERM $pid 2>/dev/null' TERM HUP
+while true; do
+  wait "$pid"; status=$?
+  kill -0 "$pid" 2>/dev/null || break
+done
+trap - INT TERM HUP
+bash "$here/check-leftovers.sh" verify >/dev/null || { echo "demo: leftovers found (and removed) after the demo" >&2; status=1; }
 exit $status

@@ -65,8 +65,8 @@ struct Cli {
     /// Pod sandboxes set up at once, as kubelet starts several pods in parallel.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
-    /// The demo volume's size in GiB; it is expanded to twice that.
-    #[arg(long, default_value_t = 4)]
+    /// The demo volume's size in GiB (1–8192); it is expanded to twice that.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i64).range(1..=8192))]
     volume_gib: i64,
     /// vpcsim's EC2 state-change delays.
     #[arg(long, value_enum, default_value = "realistic")]
@@ -86,8 +86,15 @@ static START: OnceLock<Instant> = OnceLock::new();
 /// A progress line: seconds since start, then the message.
 fn say(msg: impl AsRef<str>) {
     let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
-    println!("[{t:6.1}s] {}", msg.as_ref());
-    let _ = std::io::stdout().flush();
+    out(&format!("[{t:6.1}s] {}\n", msg.as_ref()));
+}
+
+/// Writes to stdout, ignoring failures: a closed terminal (after SIGHUP) or pipe must not stop
+/// the teardown that follows.
+fn out(text: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes());
+    let _ = o.flush();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -124,20 +131,31 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The process group the daemon leads (its pid): it and whatever it runs (mkfs, mount…).
+    fn group(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Is anything of its process group still alive?
+    fn group_alive(&self) -> bool {
+        nix::sys::signal::killpg(self.group(), None).is_ok()
+    }
+
+    /// SIGTERM to the whole group; SIGKILL to what is left after 10 s; reaps the daemon.
     fn stop(&mut self) {
-        if !self.running() {
-            return;
-        }
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        use nix::sys::signal::{Signal, killpg};
+        let _ = killpg(self.group(), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.running() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        if self.running() {
-            let _ = self.child.kill();
-        }
+        // Its children (a mkfs or mount in flight) go too.
+        let _ = killpg(self.group(), Signal::SIGKILL);
         let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.group_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The last `n` lines of its log.
@@ -243,6 +261,8 @@ struct World {
     /// Namespaces to check for after teardown: the pods' and the simulation's.
     namespaces: Vec<String>,
     work: tempfile::TempDir,
+    /// `work`'s path, canonical (mountinfo and losetup report canonical paths).
+    root: PathBuf,
     logs: PathBuf,
 }
 
@@ -252,15 +272,19 @@ impl World {
             .prefix("nodewire-demo.")
             .tempdir()
             .context("creating the demo's working directory")?;
+        let root = work
+            .path()
+            .canonicalize()
+            .context("resolving the working directory")?;
         let logs = match &cli.log_dir {
             Some(d) => {
                 std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
                 d.canonicalize()?
             }
-            None => work.path().join("logs"),
+            None => root.join("logs"),
         };
         std::fs::create_dir_all(&logs)?;
-        let kubelet = work.path().join("kubelet");
+        let kubelet = root.join("kubelet");
         std::fs::create_dir_all(&kubelet)?;
         Ok(World {
             listeners: Vec::new(),
@@ -271,6 +295,7 @@ impl World {
             sim: None,
             namespaces: Vec::new(),
             work,
+            root,
             logs,
         })
     }
@@ -301,14 +326,15 @@ impl World {
         let pods = std::mem::take(&mut self.pods.0);
         self.namespaces.extend(pods.iter().cloned());
         drop(PodNamespaces(pods));
+        // The CSI plugins stop before the unmount, so none can mount after it.
+        say("teardown: ebs-csi (controller, node plugins) and ipamd, SIGTERM");
+        let mut stopped = Vec::new();
+        for mut p in self.csi.drain(..).chain(self.ipamd.drain(..)) {
+            p.stop();
+            stopped.push(p);
+        }
         say("teardown: mounts under the kubelet root");
         self.mounts.unmount_all();
-        say("teardown: ebs-csi (controller, node plugins) and ipamd, SIGTERM");
-        let mut pids = Vec::new();
-        for mut p in self.csi.drain(..).chain(self.ipamd.drain(..)) {
-            pids.push(p.child.id());
-            p.stop();
-        }
         if let Some(sim) = self.sim.take() {
             say("teardown: vpcsim (node namespaces, fabric, ENI links, loop devices)");
             self.namespaces.push(sim.info.fabric_netns.clone());
@@ -316,7 +342,7 @@ impl World {
                 .extend(sim.info.nodes.iter().map(|n| n.netns.clone()));
             sim.shutdown().await.context("vpcsim teardown")?;
         }
-        let root = self.work.path().to_path_buf();
+        let root = self.root.clone();
         let ns_left: Vec<&String> = self
             .namespaces
             .iter()
@@ -327,24 +353,26 @@ impl World {
             .filter(|m| m.starts_with(&root))
             .collect();
         let loops_left = loops_under(&root);
-        let procs_left: Vec<u32> = pids
+        let procs_left: Vec<String> = stopped
             .iter()
-            .copied()
-            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .filter(|p| p.group_alive())
+            .map(|p| format!("{} (process group {})", p.name, p.group()))
             .collect();
         let n_ns = self.namespaces.len();
-        self.work
-            .close()
-            .context("removing the working directory")?;
         if !(ns_left.is_empty()
             && mounts_left.is_empty()
             && loops_left.is_empty()
             && procs_left.is_empty())
         {
+            // The working directory stays: removing files under a mount would reach into it.
             bail!(
-                "left behind: namespaces {ns_left:?}, mounts {mounts_left:?}, loop devices {loops_left:?}, processes {procs_left:?}"
+                "left behind: namespaces {ns_left:?}, mounts {mounts_left:?}, loop devices {loops_left:?}, processes {procs_left:?}; working directory {} kept",
+                root.display()
             );
         }
+        self.work
+            .close()
+            .context("removing the working directory")?;
         say(format!(
             "teardown done in {}: {n_ns} namespaces, every mount, loop device and daemon gone; the machine is as it was",
             human(t.elapsed())
@@ -353,20 +381,40 @@ impl World {
     }
 }
 
-/// Loop devices whose backing file is under `root`.
+/// Loop devices whose backing file is under `root` (`losetup` failing counts as one: the check
+/// must not pass because it could not look).
 fn loops_under(root: &Path) -> Vec<String> {
-    let out = std::process::Command::new("losetup")
-        .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
-        .output();
-    let Ok(out) = out else { return Vec::new() };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (name, file) = (f.next()?, f.next()?);
-            Path::new(file).starts_with(root).then(|| name.to_string())
+    let out = match helper("losetup")
+        .args(["--list", "--json", "--output", "NAME,BACK-FILE"])
+        .output()
+    {
+        Ok(o) if o.status.success() => o.stdout,
+        _ => return vec!["(losetup --list failed)".into()],
+    };
+    if out.iter().all(u8::is_ascii_whitespace) {
+        return Vec::new(); // no loop devices at all: losetup prints nothing
+    }
+    let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    v["loopdevices"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|d| {
+            d["back-file"]
+                .as_str()
+                .is_some_and(|f| Path::new(f.trim_end_matches(" (deleted)")).starts_with(root))
         })
+        .map(|d| d["name"].as_str().unwrap_or("?").to_string())
         .collect()
+}
+
+/// A helper command in its own process group: a second Ctrl-C during teardown must not kill an
+/// `ip` or `losetup` half way.
+fn helper(program: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(program);
+    c.process_group(0);
+    c
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -474,10 +522,14 @@ async fn cni(
         .map_err(|e| format!("exec {}: {e}", bin.display()))?;
     if let Some(mut stdin) = child.stdin.take() {
         use tokio::io::AsyncWriteExt;
-        stdin
-            .write_all(conf.to_string().as_bytes())
-            .await
-            .map_err(|e| format!("writing the config to vpc-cni: {e}"))?;
+        // A plugin that exits without reading its config (it failed early) breaks the pipe; its
+        // own error, on stdout, is the one worth showing.
+        match stdin.write_all(conf.to_string().as_bytes()).await {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(format!("writing the config to vpc-cni: {e}"));
+            }
+            _ => {}
+        }
     }
     let out = child
         .wait_with_output()
@@ -525,8 +577,9 @@ async fn http_get(ns: &str, port: u16, path: &str) -> Result<Value> {
             Ok(out)
         })
     })
-    .await??
-    .with_context(|| format!("GET 127.0.0.1:{port}{path} in {ns}"))?;
+    .await?
+    .and_then(|r| r)
+    .with_context(|| format!("GET 127.0.0.1:{port}{path} in namespace {ns}"))?;
     let (head, body) = raw
         .split_once("\r\n\r\n")
         .ok_or_else(|| anyhow!("GET {path}: no HTTP reply"))?;
@@ -558,7 +611,7 @@ async fn csi_channel(p: &Proc, socket: &Path) -> Result<Channel> {
 /// A pod's rules (priority 512 and 1536) and host routes to pod veths, in a node namespace.
 fn pod_wiring(ns: &str) -> usize {
     let run = |args: &[&str]| {
-        std::process::Command::new("ip")
+        helper("ip")
             .args(["-4", "-n", ns])
             .args(args)
             .output()
@@ -645,7 +698,7 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
     let sim = Vpcsim::start(Options {
         nodes: 2,
         instance_type: cli.instance_type.clone(),
-        state_dir: w.work.path().join("vpc"),
+        state_dir: w.root.join("vpc"),
         timing,
         seed: 2026,
         imds_v1: false,
@@ -679,7 +732,7 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
     let mut sockets = Vec::new();
     let mut started = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
-        let dir = w.work.path().join(format!("ipamd-{}", n.name));
+        let dir = w.root.join(format!("ipamd-{}", n.name));
         std::fs::create_dir_all(&dir)?;
         let setup = tokio::process::Command::new("ip")
             .args(["netns", "exec", &n.netns])
@@ -700,7 +753,7 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
             );
         }
         let socket = dir.join("ipamd.sock");
-        let mut cmd = std::process::Command::new("ip");
+        let mut cmd = helper("ip");
         cmd.args(["netns", "exec", &n.netns])
             .arg(&bins.ipamd)
             .env_clear()
@@ -739,7 +792,7 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
     }
     // The CSI controller on the host (EC2 through vpcsim's host endpoint), a node plugin per node
     // (its network namespace for IMDS, the host's mounts as a privileged DaemonSet pod has).
-    let csi_dir = w.work.path().join("csi");
+    let csi_dir = w.root.join("csi");
     std::fs::create_dir_all(&csi_dir)?;
     let ctl_socket = csi_dir.join("controller.sock");
     let mut cmd = std::process::Command::new(&bins.csi);
@@ -782,29 +835,42 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
     say("ebs-csi: controller on the host, a node plugin on each node");
 
     // Node network-ready: the runtime's CNI STATUS succeeds (ipamd can serve an ADD now).
-    let mut ready = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let last = match cni(&bins.cni, n, "STATUS", None, &net_conf(&sockets[i], None)).await {
-                Ok(_) => break,
-                Err(e) => e,
-            };
-            if !w.ipamd[i].running() {
-                bail!("ipamd on {} exited:\n{}", n.name, w.ipamd[i].tail(20));
+    // Both nodes polled at once, so neither's time includes waiting on the other.
+    let mut pending: Vec<usize> = (0..nodes.len()).collect();
+    let mut ready = vec![Duration::ZERO; nodes.len()];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !pending.is_empty() {
+        let polls = futures::future::join_all(pending.iter().map(|&i| {
+            let conf = net_conf(&sockets[i], None);
+            let (bin, node) = (&bins.cni, &nodes[i]);
+            async move { (i, cni(bin, node, "STATUS", None, &conf).await) }
+        }))
+        .await;
+        for (i, r) in polls {
+            let n = &nodes[i];
+            match r {
+                Ok(_) => {
+                    ready[i] = started[i].elapsed();
+                    pending.retain(|&p| p != i);
+                    say(format!(
+                        "{}: network-ready after {} (vpc-cni STATUS succeeds)",
+                        n.name,
+                        human(ready[i])
+                    ));
+                }
+                Err(last) => {
+                    if !w.ipamd[i].running() {
+                        bail!("ipamd on {} exited:\n{}", n.name, w.ipamd[i].tail(20));
+                    }
+                    if Instant::now() > deadline {
+                        bail!("{} never became network-ready: {last}", n.name);
+                    }
+                }
             }
-            if Instant::now() > deadline {
-                bail!("{} never became network-ready: {last}", n.name);
-            }
+        }
+        if !pending.is_empty() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let took = started[i].elapsed();
-        ready.push(took);
-        say(format!(
-            "{}: network-ready after {} (vpc-cni STATUS succeeds)",
-            n.name,
-            human(took)
-        ));
     }
     let config = http_get(&nodes[0].netns, 61679, "/v1/config").await?;
     if let Some(cap) = demo::pod_capacity(&config)
@@ -917,7 +983,10 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
                 }
             })
             .collect::<Vec<_>>();
-        let secondary = pod_rows.iter().filter(|p| p.device != Some(0)).count();
+        let secondary = pod_rows
+            .iter()
+            .filter(|p| matches!(p.device, Some(d) if d != 0))
+            .count();
         say(format!(
             "{}: {} pods on {} ENIs ({} of them on secondary ENIs)",
             n.name,
@@ -943,7 +1012,7 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
         w.listeners
             .push(Task(tell_peer(&p.ns, SocketAddr::from((p.ip, PORT)))?));
     }
-    let st = std::process::Command::new("ip")
+    let st = helper("ip")
         .args([
             "-n",
             &fabric_ns,
@@ -1038,10 +1107,12 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
         del_times.push(took);
     }
     let del_wall = t_del.elapsed();
+    // Counted while the pods' namespaces (and so their veths) still exist: a route DEL left
+    // behind would otherwise vanish with the veth and go unseen.
+    let wiring_after: Vec<usize> = nodes.iter().map(|n| pod_wiring(&n.netns)).collect();
     let ns_names = std::mem::take(&mut w.pods.0);
     drop(PodNamespaces(ns_names.clone()));
     w.namespaces.extend(ns_names);
-    let wiring_after: Vec<usize> = nodes.iter().map(|n| pod_wiring(&n.netns)).collect();
     say(format!(
         "pods: all deleted; pod rules and routes left: {}",
         wiring_after
@@ -1094,12 +1165,16 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
     timings.push(("all pods deleted".into(), human(del_wall)));
     timings.push(("traffic checks".into(), human(traffic_wall)));
     timings.push((
-        "EC2 calls by ipamd for all pods (both nodes)".into(),
-        format!("{ipamd_calls} for {total} pods"),
+        "EC2 calls by ipamd, whole run (start, pool growth, pods)".into(),
+        format!("{ipamd_calls} for {total} pods on 2 nodes"),
     ));
-    let journey_total: Duration = journey.iter().map(|s| s.took).sum();
+    let journey_total: Duration = journey
+        .iter()
+        .filter(|s| !s.what.starts_with("pod "))
+        .map(|s| s.took)
+        .sum();
     timings.push((
-        "volume: every CSI call of the journey, summed".into(),
+        "volume: the journey's CSI calls, summed".into(),
         human(journey_total),
     ));
 
@@ -1499,7 +1574,8 @@ async fn volume_journey(
 
 enum Outcome {
     Done(Result<Box<Report>>),
-    Interrupted(&'static str),
+    /// What happened and the exit code (128 + the signal's number).
+    Interrupted(&'static str, u8),
 }
 
 fn main() -> ExitCode {
@@ -1516,7 +1592,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(demo_main(cli))
+    let code = rt.block_on(demo_main(cli));
+    // Blocking probes cancelled by a Ctrl-C (a TCP connect with a 3 s timeout) need not be
+    // waited for: their namespaces are gone.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 async fn demo_main(cli: Cli) -> ExitCode {
@@ -1548,9 +1628,9 @@ async fn demo_main(cli: Cli) -> ExitCode {
     };
     let outcome = tokio::select! {
         r = run(&mut w, &cli, &bins) => Outcome::Done(r.map(Box::new)),
-        _ = int.recv() => Outcome::Interrupted("interrupted (SIGINT)"),
-        _ = term.recv() => Outcome::Interrupted("terminated (SIGTERM)"),
-        _ = hup.recv() => Outcome::Interrupted("hung up (SIGHUP)"),
+        _ = int.recv() => Outcome::Interrupted("interrupted (SIGINT)", 130),
+        _ = term.recv() => Outcome::Interrupted("terminated (SIGTERM)", 143),
+        _ = hup.recv() => Outcome::Interrupted("hung up (SIGHUP)", 129),
     };
     // Further signals while tearing down are acknowledged, not obeyed: stopping half way would
     // leave namespaces, mounts or loop devices behind.
@@ -1566,8 +1646,7 @@ async fn demo_main(cli: Cli) -> ExitCode {
     });
     let mut code = match &outcome {
         Outcome::Done(Ok(report)) => {
-            print!("{}", demo::render(report));
-            println!();
+            out(&format!("{}\n", demo::render(report)));
             let ok =
                 report.traffic.all_ok() && report.pod_wiring.iter().all(|(_, _, left)| *left == 0);
             if ok {
@@ -1581,9 +1660,9 @@ async fn demo_main(cli: Cli) -> ExitCode {
             eprintln!("\nnodewire-demo failed: {e:#}{}", w.log_tails());
             ExitCode::FAILURE
         }
-        Outcome::Interrupted(why) => {
+        Outcome::Interrupted(why, code) => {
             say(format!("{why}: stopping and tearing everything down"));
-            ExitCode::from(130)
+            ExitCode::from(*code)
         }
     };
     if let Err(e) = w.teardown().await {

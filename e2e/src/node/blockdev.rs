@@ -22,7 +22,9 @@ pub fn by_id_name(volume_id: &str) -> String {
 }
 
 fn run(cmd: &mut Command) -> io::Result<String> {
-    let out = cmd.output()?;
+    // Its own process group: a terminal's Ctrl-C is for the program driving the simulation (which
+    // may be tearing it down), not for a `losetup --detach` half way through.
+    let out = std::os::unix::process::CommandExt::process_group(cmd, 0).output()?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
             "{cmd:?} failed: {}",
