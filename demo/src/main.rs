@@ -589,12 +589,16 @@ async fn http_get(ns: &str, port: u16, path: &str) -> Result<Value> {
     serde_json::from_str(body).with_context(|| format!("GET {path}: not JSON"))
 }
 
-/// A channel to a CSI endpoint, waiting (bounded) for the plugin to listen.
-async fn csi_channel(p: &Proc, socket: &Path) -> Result<Channel> {
+/// A channel to a CSI endpoint, waiting (bounded) for the plugin to listen; fails at once, with
+/// its log, if the plugin exited.
+async fn csi_channel(p: &mut Proc, socket: &Path) -> Result<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(ch) = nodewire_cni::ipam::channel(socket, Duration::from_secs(1)).await {
             return Ok(ch);
+        }
+        if !p.running() {
+            bail!("{} exited before listening:\n{}", p.name, p.tail(15));
         }
         if Instant::now() > deadline {
             bail!(
@@ -1270,7 +1274,7 @@ async fn volume_journey(
             took,
         });
     };
-    let ctl_ch = csi_channel(&w.csi[0], ctl_socket).await?;
+    let ctl_ch = csi_channel(&mut w.csi[0], ctl_socket).await?;
     let mut ctl = ControllerClient::new(ctl_ch.clone());
     let driver = IdentityClient::new(ctl_ch)
         .get_plugin_info(GetPluginInfoRequest {})
@@ -1280,7 +1284,7 @@ async fn volume_journey(
         .name;
     let mut node_clients = Vec::new();
     for (i, s) in node_sockets.iter().enumerate() {
-        node_clients.push(NodeClient::new(csi_channel(&w.csi[i + 1], s).await?));
+        node_clients.push(NodeClient::new(csi_channel(&mut w.csi[i + 1], s).await?));
     }
     let pvc = format!("pvc-demo-{}", std::process::id());
     let zone = nodes[0].az.clone();

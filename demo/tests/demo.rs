@@ -160,12 +160,12 @@ fn drive(
         r.join().expect("reader");
     }
     let out = seen.join("\n");
-    assert!(sent, "never printed {interrupt:?}; printed:\n{out}");
-    (
-        status.code().unwrap_or(-1),
-        out,
-        erx.try_iter().collect::<Vec<_>>().join("\n"),
-    )
+    let err = erx.try_iter().collect::<Vec<_>>().join("\n");
+    assert!(
+        sent,
+        "never printed {interrupt:?}; printed:\n{out}\nstderr:\n{err}"
+    );
+    (status.code().unwrap_or(-1), out, err)
 }
 
 #[test]
