@@ -56,6 +56,8 @@ pub struct EniInfo {
     pub device_index: Option<u32>,
     pub network_card: u32,
     pub tags: BTreeMap<String, String>,
+    /// Its security group ids, sorted.
+    pub security_groups: Vec<String>,
 }
 
 /// `CreateNetworkInterface` as ipamd issues it.
@@ -92,6 +94,12 @@ pub trait Cloud: Send + Sync + 'static {
     fn detach_eni(
         &self,
         attachment_id: &str,
+    ) -> impl Future<Output = Result<(), CloudError>> + Send;
+    /// Replaces an ENI's security groups (`ModifyNetworkInterfaceAttribute`, `Groups`).
+    fn set_security_groups(
+        &self,
+        eni_id: &str,
+        groups: &[String],
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
     fn delete_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), CloudError>> + Send;
     fn assign(
@@ -198,6 +206,15 @@ fn eni_info(e: &aws_sdk_ec2::types::NetworkInterface) -> EniInfo {
             .iter()
             .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
             .collect(),
+        security_groups: {
+            let mut g: Vec<String> = e
+                .groups()
+                .iter()
+                .filter_map(|g| g.group_id().map(String::from))
+                .collect();
+            g.sort();
+            g
+        },
     }
 }
 
@@ -329,6 +346,19 @@ impl Cloud for SdkCloud {
                     .delete_on_termination(true)
                     .build(),
             )
+            .send()
+            .await
+            .map_err(|e| err("ModifyNetworkInterfaceAttribute", e));
+        self.calls.record("ModifyNetworkInterfaceAttribute", &r);
+        r.map(drop)
+    }
+
+    async fn set_security_groups(&self, eni_id: &str, groups: &[String]) -> Result<(), CloudError> {
+        let r = self
+            .ec2
+            .modify_network_interface_attribute()
+            .network_interface_id(eni_id)
+            .set_groups(Some(groups.to_vec()))
             .send()
             .await
             .map_err(|e| err("ModifyNetworkInterfaceAttribute", e));

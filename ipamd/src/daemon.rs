@@ -35,6 +35,8 @@ pub struct SyncReport {
     pub cidrs_removed: usize,
     pub enis_adopted: usize,
     pub enis_removed: usize,
+    /// Managed ENIs whose security groups were set to the primary ENI's.
+    pub security_groups_synced: usize,
 }
 
 /// The instance type's limits: from the on-disk cache, else `DescribeInstanceTypes` (then
@@ -131,6 +133,8 @@ pub struct Ipamd<C: Cloud> {
     /// Stop allocating (SIGTERM).
     stopping: std::sync::atomic::AtomicBool,
     subnet_backoff: Duration,
+    /// The security groups new ENIs get: the primary ENI's, followed when they change.
+    security_groups: std::sync::Mutex<Vec<String>>,
 }
 
 impl<C: Cloud> Ipamd<C> {
@@ -211,6 +215,7 @@ impl<C: Cloud> Ipamd<C> {
         let me = Arc::new(Ipamd {
             host,
             subnet_backoff: cfg.subnet_backoff,
+            security_groups: std::sync::Mutex::new(node.security_groups.clone()),
             target,
             limits,
             node,
@@ -745,6 +750,31 @@ impl<C: Cloud> Ipamd<C> {
             add_eni(&mut st.ds, &self.node, &e, now);
             report.enis_adopted += 1;
         }
+        // Security-group drift: the node's groups are its primary ENI's; managed ENIs follow
+        // them (upstream refreshes from IMDS every 30 s; EC2's answer above costs nothing more).
+        if let Some((groups, stale)) = sg_drift(&enis, |e| managed(&self.cfg, &self.node, e)) {
+            {
+                let mut cur = self
+                    .security_groups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if *cur != groups {
+                    tracing::info!(from = ?*cur, to = ?groups, "the primary ENI's security groups changed");
+                    *cur = groups.clone();
+                }
+            }
+            for id in stale {
+                match self.cloud.set_security_groups(&id, &groups).await {
+                    Ok(()) => {
+                        tracing::info!(eni = %id, ?groups, "security groups synced to the primary ENI's");
+                        report.security_groups_synced += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(eni = %id, error = %e, "could not sync security groups")
+                    }
+                }
+            }
+        }
         if report != SyncReport::default() {
             tracing::info!(?report, "resynced with EC2");
             self.changed.notify_waiters();
@@ -865,7 +895,11 @@ impl<C: Cloud> Ipamd<C> {
         }
         let req = NewEni {
             subnet_id: self.node.subnet_id.clone(),
-            security_groups: self.node.security_groups.clone(),
+            security_groups: self
+                .security_groups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             description: format!("aws-K8S-{}", self.node.instance_id),
             tags,
             ips,
@@ -1042,6 +1076,37 @@ impl<C: Cloud> Ipamd<C> {
     }
 }
 
+/// Security-group drift (pure): the primary ENI's groups, and the managed, attached secondary
+/// ENIs on network card 0 whose groups differ from them. `None` when EC2's answer has no primary
+/// ENI or it has no groups (nothing to follow).
+pub fn sg_drift(
+    enis: &[EniInfo],
+    managed: impl Fn(&EniInfo) -> bool,
+) -> Option<(Vec<String>, Vec<String>)> {
+    let primary = enis
+        .iter()
+        .find(|e| e.device_index == Some(0) && e.network_card == 0)?;
+    let mut want = primary.security_groups.clone();
+    want.sort();
+    want.dedup();
+    if want.is_empty() {
+        return None;
+    }
+    let stale = enis
+        .iter()
+        .filter(|e| e.network_card == 0 && e.device_index.is_some_and(|d| d != 0))
+        .filter(|e| e.status == "in-use" && managed(e))
+        .filter(|e| {
+            let mut have = e.security_groups.clone();
+            have.sort();
+            have.dedup();
+            have != want
+        })
+        .map(|e| e.id.clone())
+        .collect();
+    Some((want, stale))
+}
+
 fn managed(cfg: &Config, node: &Node, e: &EniInfo) -> bool {
     if e.device_index == Some(0) {
         return true;
@@ -1171,6 +1236,77 @@ mod tests {
             description: desc.into(),
             tags,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn security_group_drift_follows_the_primary_eni() {
+        let e = |id: &str, dev: Option<u32>, card: u32, status: &str, sgs: &[&str]| EniInfo {
+            id: id.into(),
+            device_index: dev,
+            network_card: card,
+            status: status.into(),
+            security_groups: sgs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let all = |_: &EniInfo| true;
+        let none_but = |keep: &'static str| move |x: &EniInfo| x.id == keep;
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        // (ENIs, managed filter result for "eni-b" only?, expected)
+        let cases: Vec<(Vec<EniInfo>, bool, Option<(Vec<String>, Vec<String>)>)> = vec![
+            // In step: nothing to do.
+            (
+                vec![
+                    e("eni-a", Some(0), 0, "in-use", &["sg-1", "sg-2"]),
+                    e("eni-b", Some(1), 0, "in-use", &["sg-2", "sg-1"]),
+                ],
+                false,
+                Some((s(&["sg-1", "sg-2"]), vec![])),
+            ),
+            // The primary gained a group: the secondary follows; an ENI on card 1, one still
+            // attaching and the primary itself are left alone.
+            (
+                vec![
+                    e("eni-a", Some(0), 0, "in-use", &["sg-2", "sg-1"]),
+                    e("eni-b", Some(1), 0, "in-use", &["sg-1"]),
+                    e("eni-c", Some(0), 1, "in-use", &["sg-9"]),
+                    e("eni-d", Some(2), 0, "attaching", &["sg-1"]),
+                ],
+                false,
+                Some((s(&["sg-1", "sg-2"]), s(&["eni-b"]))),
+            ),
+            // An unmanaged ENI (no_manage, another node's) keeps its groups.
+            (
+                vec![
+                    e("eni-a", Some(0), 0, "in-use", &["sg-2"]),
+                    e("eni-b", Some(1), 0, "in-use", &["sg-1"]),
+                    e("eni-x", Some(2), 0, "in-use", &["sg-1"]),
+                ],
+                true,
+                Some((s(&["sg-2"]), s(&["eni-b"]))),
+            ),
+            // No primary in EC2's answer, or no groups on it: nothing to follow.
+            (
+                vec![e("eni-b", Some(1), 0, "in-use", &["sg-1"])],
+                false,
+                None,
+            ),
+            (
+                vec![
+                    e("eni-a", Some(0), 0, "in-use", &[]),
+                    e("eni-b", Some(1), 0, "in-use", &["sg-1"]),
+                ],
+                false,
+                None,
+            ),
+        ];
+        for (i, (enis, only_b, want)) in cases.into_iter().enumerate() {
+            let got = if only_b {
+                sg_drift(&enis, none_but("eni-b"))
+            } else {
+                sg_drift(&enis, all)
+            };
+            assert_eq!(got, want, "case {i}");
         }
     }
 

@@ -932,6 +932,114 @@ async fn changes_behind_ipamds_back_are_picked_up_from_ec2() {
     sim.shutdown().await.expect("shutdown");
 }
 
+/// Security-group ids of every ENI attached to `instance`, by device index.
+fn groups_by_device(sim: &Vpcsim, instance: &str) -> Vec<(u32, Vec<String>)> {
+    let s = sim.shared.sim();
+    let mut v: Vec<(u32, Vec<String>)> = s
+        .enis
+        .values()
+        .filter_map(|e| {
+            let a = e.attachment.as_ref()?;
+            let mut g = e.groups.clone();
+            g.sort();
+            (a.instance_id == instance).then_some((a.device_index, g))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondary_enis_follow_the_primary_enis_security_groups() {
+    let env = [("NODEWIRE_EC2_SYNC_INTERVAL_SECONDS", "1")];
+    let (sim, ipamd, mut c, node, _dir) = start_with(&env, 67).await;
+    wait_for("the warm pool", &ipamd.log, || {
+        ec2_view(&sim, &node.instance_id) == (vec![10], 0)
+    })
+    .await;
+    // Five pods: 4 addresses left on the primary ENI, fewer than WARM_ENI_TARGET=1 wants, so the
+    // pool grows onto a second ENI (created with the node's default group) and stops there.
+    for n in 0..5 {
+        c.add(add(n)).await.expect("add");
+    }
+    wait_for("a second ENI", &ipamd.log, || {
+        groups_by_device(&sim, &node.instance_id).len() == 2
+    })
+    .await;
+    let default = sim.shared.sim().default_security_group();
+    assert_eq!(
+        groups_by_device(&sim, &node.instance_id),
+        vec![(0, vec![default.clone()]), (1, vec![default.clone()])]
+    );
+    // The operator adds a group to the node (its primary ENI), as EKS does for a new rule set.
+    let ec2 = nodewire_aws::ec2::client_for_endpoint(&sim.info.ec2_endpoint_local, "us-east-1", 1);
+    let sg = ec2
+        .create_security_group()
+        .group_name("pods-extra")
+        .description("extra rules for the node")
+        .vpc_id(&sim.info.vpc_id)
+        .send()
+        .await
+        .expect("CreateSecurityGroup")
+        .group_id()
+        .expect("group id")
+        .to_string();
+    ec2.modify_network_interface_attribute()
+        .network_interface_id(&node.eni_id)
+        .groups(&default)
+        .groups(&sg)
+        .send()
+        .await
+        .expect("ModifyNetworkInterfaceAttribute");
+    let mut both = vec![default.clone(), sg.clone()];
+    both.sort();
+    // ipamd's next EC2 sync brings the secondary ENI into line…
+    wait_for("the secondary ENI's groups", &ipamd.log, || {
+        groups_by_device(&sim, &node.instance_id)
+            .iter()
+            .all(|(_, g)| *g == both)
+    })
+    .await;
+    // …and ENIs created from then on get the new groups at creation: 11 pods leave 7 free, so
+    // a third ENI comes.
+    for n in 5..11 {
+        c.add(add(n)).await.expect("add");
+    }
+    wait_for("a third ENI", &ipamd.log, || {
+        groups_by_device(&sim, &node.instance_id).len() == 3
+    })
+    .await;
+    assert!(
+        groups_by_device(&sim, &node.instance_id)
+            .iter()
+            .all(|(_, g)| *g == both),
+        "{:?}",
+        groups_by_device(&sim, &node.instance_id)
+    );
+    // One ModifyNetworkInterfaceAttribute per ENI created (DeleteOnTermination) plus one sync of
+    // the second ENI: the third was created with the new groups, not fixed up afterwards.
+    let stats = e2e::client::Admin::new(&sim.info.admin_url)
+        .stats()
+        .await
+        .expect("stats");
+    assert_eq!(
+        stats.per_instance[&node.instance_id].get("ModifyNetworkInterfaceAttribute"),
+        Some(&3),
+        "{:?}\n{}",
+        stats.per_instance[&node.instance_id],
+        std::fs::read_to_string(&ipamd.log).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(&ipamd.log).unwrap_or_default();
+    assert_eq!(
+        log.matches("security groups synced to the primary ENI's")
+            .count(),
+        1,
+        "{log}"
+    );
+    drop(ipamd);
+    sim.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snat_and_connmark_rules_are_installed_once_and_survive_restarts() {
     let (sim, ipamd, mut c, node, dir) = start_with(&[], 71).await;

@@ -17,6 +17,7 @@ pub const ACTIONS: &[&str] = &[
     "AttachNetworkInterface",
     "AttachVolume",
     "CreateNetworkInterface",
+    "CreateSecurityGroup",
     "CreateSnapshot",
     "CreateTags",
     "CreateVolume",
@@ -112,6 +113,14 @@ pub fn dispatch(sim: &mut Sim, now: Instant, action: &str, p: &Params) -> ApiRes
                         .tags(&s.tags);
                 },
             )?;
+        }
+        "CreateSecurityGroup" => {
+            let id = sim.create_security_group(
+                p.req("GroupName")?,
+                p.req("GroupDescription")?,
+                p.get("VpcId"),
+            )?;
+            x.leaf("return", true).leaf("groupId", &id);
         }
         "DescribeSecurityGroups" => {
             let d = Describe {

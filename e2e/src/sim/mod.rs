@@ -401,12 +401,56 @@ impl Sim {
             .map(|(_, id)| id.as_str())
     }
 
+    /// The VPC's `default` group (new ENIs and instances get it when no group is named).
     pub fn default_security_group(&self) -> String {
         self.security_groups
-            .keys()
-            .next()
-            .cloned()
+            .values()
+            .find(|g| g.name == "default")
+            .map(|g| g.id.clone())
             .unwrap_or_default()
+    }
+
+    /// `CreateSecurityGroup` in this VPC: names are unique per VPC, as on EC2.
+    pub fn create_security_group(
+        &mut self,
+        name: &str,
+        description: &str,
+        vpc_id: Option<&str>,
+    ) -> ApiResult<String> {
+        if let Some(v) = vpc_id
+            && v != self.vpc.id
+        {
+            return Err(ApiError::new(
+                "InvalidVpcID.NotFound",
+                format!("The vpc ID '{v}' does not exist"),
+            ));
+        }
+        if name.is_empty() || name.len() > 255 || name.starts_with("sg-") {
+            return Err(ApiError::invalid_param(format!(
+                "Invalid security group name {name:?}: 1-255 characters, not starting with sg-"
+            )));
+        }
+        if self.security_groups.values().any(|g| g.name == name) {
+            return Err(ApiError::new(
+                "InvalidGroup.Duplicate",
+                format!(
+                    "The security group '{name}' already exists for VPC '{}'",
+                    self.vpc.id
+                ),
+            ));
+        }
+        let id = gen_id(&mut self.rng, "sg");
+        self.security_groups.insert(
+            id.clone(),
+            SecurityGroup {
+                id: id.clone(),
+                name: name.into(),
+                description: description.into(),
+                vpc_id: self.vpc.id.clone(),
+                tags: Tags::new(),
+            },
+        );
+        Ok(id)
     }
 
     pub fn subnet_in_zone(&self, az: &str) -> Option<&Subnet> {

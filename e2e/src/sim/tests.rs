@@ -1098,3 +1098,43 @@ fn tag_limit_refuses_without_partial_changes() {
     assert_eq!(err.code, "TagLimitExceeded");
     assert!(s.eni(&a).expect("a").tags.is_empty(), "a untouched");
 }
+
+#[test]
+fn security_groups_are_created_unique_per_vpc_and_default_stays_default() {
+    let (mut s, _) = sim();
+    let default = s.default_security_group();
+    let vpc = s.vpc.id.clone();
+    let id = s
+        .create_security_group("web", "web tier", Some(&vpc))
+        .expect("create");
+    assert!(id.starts_with("sg-") && id != default);
+    assert_eq!(
+        s.default_security_group(),
+        default,
+        "whatever the ids' order"
+    );
+    for (name, vpc_id, code) in [
+        ("web", None, "InvalidGroup.Duplicate"),
+        ("other", Some("vpc-0000"), "InvalidVpcID.NotFound"),
+        ("", None, "InvalidParameterValue"),
+        ("sg-x", None, "InvalidParameterValue"),
+    ] {
+        let e = s.create_security_group(name, "d", vpc_id).expect_err(name);
+        assert_eq!(e.code, code, "{name:?}");
+    }
+    // An ENI can be given the new group (and only existing ones).
+    let e = eni(&mut s, 0, 0);
+    s.modify_eni_attribute(
+        &e,
+        None,
+        Some(vec![default.clone(), id.clone()]),
+        None,
+        None,
+    )
+    .expect("modify groups");
+    assert_eq!(s.eni(&e).expect("eni").groups, vec![default, id]);
+    assert!(
+        s.modify_eni_attribute(&e, None, Some(vec!["sg-404".into()]), None, None)
+            .is_err()
+    );
+}
