@@ -1252,8 +1252,9 @@ mod tests {
         let all = |_: &EniInfo| true;
         let none_but = |keep: &'static str| move |x: &EniInfo| x.id == keep;
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        // (ENIs, managed filter result for "eni-b" only?, expected)
-        let cases: Vec<(Vec<EniInfo>, bool, Option<(Vec<String>, Vec<String>)>)> = vec![
+        // (EC2's ENIs, whether only eni-b is managed, the expected drift)
+        type Drift = Option<(Vec<String>, Vec<String>)>;
+        let cases: Vec<(Vec<EniInfo>, bool, Drift)> = vec![
             // In step: nothing to do.
             (
                 vec![
