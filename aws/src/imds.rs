@@ -1,6 +1,7 @@
 //! IMDSv2 client: a thin wrapper over the SDK's IMDS client that turns "404" into `None`.
 
-use aws_config::imds::client::{Client, error::ImdsError};
+use aws_config::imds::client::{Client, ImdsResponseRetryClassifier, error::ImdsError};
+use aws_smithy_runtime_api::client::retries::classifiers::SharedRetryClassifier;
 use std::time::Duration;
 
 /// Errors from instance metadata.
@@ -26,8 +27,15 @@ impl Imds {
     /// `endpoint` defaults to the SDK's (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, else
     /// `http://169.254.169.254`).
     pub fn new(endpoint: Option<&str>) -> Result<Self, Error> {
+        // Requests that got no response at all (refused, reset, timed out) are retried too: the
+        // SDK's default leaves them alone so a credentials chain off EC2 fails fast, but a node
+        // agent is on EC2, and one reset connection must not fail its start-up.
+        let classifier = SharedRetryClassifier::new(
+            ImdsResponseRetryClassifier::default().with_retry_connect_timeouts(true),
+        );
         let mut b = Client::builder()
             .max_attempts(4)
+            .retry_classifier(classifier)
             .connect_timeout(Duration::from_secs(1))
             .read_timeout(Duration::from_secs(2));
         if let Some(e) = endpoint {
@@ -70,5 +78,77 @@ impl Imds {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// Reads one request's head (no bodies here) and returns its first line.
+    fn request_line(s: &mut std::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut b = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(1) => buf.push(b[0]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&buf)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_reset_connection_is_retried() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for (n, s) in l.incoming().enumerate() {
+                let Ok(mut s) = s else { break };
+                if n == 0 {
+                    // Wait for the request, then close with it unread: the kernel answers RST.
+                    let _ = s.peek(&mut [0u8; 1]);
+                    drop(s);
+                    seen.push("reset".to_string());
+                    continue;
+                }
+                let line = request_line(&mut s);
+                let body = if line.starts_with("PUT /latest/api/token") {
+                    "token-abc"
+                } else {
+                    "i-0123456789abcdef0"
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                seen.push(line);
+                if seen.len() == 3 {
+                    break;
+                }
+            }
+            seen
+        });
+        let imds = Imds::new(Some(&format!("http://127.0.0.1:{port}"))).expect("client");
+        let got = imds
+            .get("instance-id")
+            .await
+            .expect("retried past the reset");
+        assert_eq!(got.as_deref(), Some("i-0123456789abcdef0"));
+        let seen = server.join().expect("server");
+        assert_eq!(seen[0], "reset");
+        assert!(seen[1].starts_with("PUT /latest/api/token"), "{seen:?}");
+        assert!(
+            seen[2].starts_with("GET /latest/meta-data/instance-id"),
+            "{seen:?}"
+        );
     }
 }
