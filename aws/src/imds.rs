@@ -1,7 +1,6 @@
 //! IMDSv2 client: a thin wrapper over the SDK's IMDS client that turns "404" into `None`.
 
-use aws_config::imds::client::{Client, ImdsResponseRetryClassifier, error::ImdsError};
-use aws_smithy_runtime_api::client::retries::classifiers::SharedRetryClassifier;
+use aws_config::imds::client::{Client, error::ImdsError};
 use std::time::Duration;
 
 /// Errors from instance metadata.
@@ -27,15 +26,8 @@ impl Imds {
     /// `endpoint` defaults to the SDK's (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, else
     /// `http://169.254.169.254`).
     pub fn new(endpoint: Option<&str>) -> Result<Self, Error> {
-        // Requests that got no response at all (refused, reset, timed out) are retried too: the
-        // SDK's default leaves them alone so a credentials chain off EC2 fails fast, but a node
-        // agent is on EC2, and one reset connection must not fail its start-up.
-        let classifier = SharedRetryClassifier::new(
-            ImdsResponseRetryClassifier::default().with_retry_connect_timeouts(true),
-        );
         let mut b = Client::builder()
             .max_attempts(4)
-            .retry_classifier(classifier)
             .connect_timeout(Duration::from_secs(1))
             .read_timeout(Duration::from_secs(2));
         if let Some(e) = endpoint {
@@ -55,13 +47,27 @@ impl Imds {
         } else {
             format!("/latest/meta-data/{path}")
         };
-        match self.client.get(full.clone()).await {
-            Ok(v) => Ok(Some(v.into())),
-            Err(ImdsError::ErrorResponse(r)) if r.response().status().as_u16() == 404 => Ok(None),
-            Err(source) => Err(Error::Request {
-                path: full,
-                source: Box::new(source),
-            }),
+        // A connection reset or closed under a request is retried at once (twice): the SDK
+        // retries only 5xx and 401, so that a credentials chain off EC2 fails fast; a refused
+        // connection or a timeout still fails as fast as before.
+        let mut resets = 0;
+        loop {
+            match self.client.get(full.clone()).await {
+                Ok(v) => return Ok(Some(v.into())),
+                Err(ImdsError::ErrorResponse(r)) if r.response().status().as_u16() == 404 => {
+                    return Ok(None);
+                }
+                Err(e) if resets < 2 && connection_dropped(&e) => {
+                    resets += 1;
+                    tracing::debug!(path = %full, error = %e, "IMDS connection dropped; retrying");
+                }
+                Err(source) => {
+                    return Err(Error::Request {
+                        path: full,
+                        source: Box::new(source),
+                    });
+                }
+            }
         }
     }
 
@@ -79,6 +85,22 @@ impl Imds {
             })
             .unwrap_or_default())
     }
+}
+
+/// Did the request fail because the connection was reset or closed under it (somewhere in the
+/// error's source chain)?
+fn connection_dropped(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -150,5 +172,18 @@ mod tests {
             seen[2].starts_with("GET /latest/meta-data/instance-id"),
             "{seen:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_fails_fast() {
+        // A port nobody listens on (bound, then released).
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let imds = Imds::new(Some(&format!("http://127.0.0.1:{port}"))).expect("client");
+        let t = std::time::Instant::now();
+        assert!(imds.get("instance-id").await.is_err());
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
 }

@@ -160,6 +160,15 @@ impl Config {
                 "with ENABLE_PREFIX_DELEGATION, at least one of WARM_PREFIX_TARGET, WARM_IP_TARGET, MINIMUM_IP_TARGET must be > 0",
             ));
         }
+        // Custom networking (ENIConfig: pods in other subnets and security groups) is not
+        // offered; running as if it were off would put pods in the node's subnet unannounced.
+        if boolean("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", false)? {
+            return Err(err(
+                "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
+                "true",
+                "false (custom networking with ENIConfig is not supported by nodewire yet)",
+            ));
+        }
         let max_eni = match v("MAX_ENI") {
             None => None,
             Some(s) => match s.parse::<i64>() {
@@ -372,6 +381,7 @@ mod tests {
             ("AWS_VPC_K8S_CNI_CONNMARK", "0x0"),
             ("ADDITIONAL_ENI_TAGS", "[1]"),
             ("MAX_ENI", "1000"),
+            ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
         ];
         for (k, val) in cases {
             let e = cfg(&[(k, val)]).expect_err("must be refused");

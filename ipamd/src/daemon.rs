@@ -752,7 +752,13 @@ impl<C: Cloud> Ipamd<C> {
         }
         // Security-group drift: the node's groups are its primary ENI's; managed ENIs follow
         // them (upstream refreshes from IMDS every 30 s; EC2's answer above costs nothing more).
-        if let Some((groups, stale)) = sg_drift(&enis, |e| managed(&self.cfg, &self.node, e)) {
+        // Only ENIs carrying this node's tag (ipamd's own, or adopted as ours) are kept in step:
+        // an untagged one may be another controller's (a trunk ENI) with deliberate groups.
+        let ours = |e: &EniInfo| {
+            managed(&self.cfg, &self.node, e)
+                && e.tags.get(TAG_INSTANCE) == Some(&self.node.instance_id)
+        };
+        if let Some((groups, stale)) = sg_drift(&enis, ours) {
             {
                 let mut cur = self
                     .security_groups
@@ -770,7 +776,10 @@ impl<C: Cloud> Ipamd<C> {
                         report.security_groups_synced += 1;
                     }
                     Err(e) => {
-                        tracing::warn!(eni = %id, error = %e, "could not sync security groups")
+                        // The rest wait for the next resync; a throttle backs the pool off too.
+                        tracing::warn!(eni = %id, error = %e, "could not sync security groups");
+                        self.note_error(&e).await;
+                        break;
                     }
                 }
             }
@@ -1077,8 +1086,9 @@ impl<C: Cloud> Ipamd<C> {
 }
 
 /// Security-group drift (pure): the primary ENI's groups, and the managed, attached secondary
-/// ENIs on network card 0 whose groups differ from them. `None` when EC2's answer has no primary
-/// ENI or it has no groups (nothing to follow).
+/// ENIs on network card 0 in the primary's subnet whose groups differ from them (ENIs in another
+/// subnet are custom networking's, with their own groups). `None` when EC2's answer has no
+/// primary ENI or it has no groups (nothing to follow).
 pub fn sg_drift(
     enis: &[EniInfo],
     managed: impl Fn(&EniInfo) -> bool,
@@ -1095,7 +1105,7 @@ pub fn sg_drift(
     let stale = enis
         .iter()
         .filter(|e| e.network_card == 0 && e.device_index.is_some_and(|d| d != 0))
-        .filter(|e| e.status == "in-use" && managed(e))
+        .filter(|e| e.status == "in-use" && e.subnet_id == primary.subnet_id && managed(e))
         .filter(|e| {
             let mut have = e.security_groups.clone();
             have.sort();
@@ -1276,7 +1286,19 @@ mod tests {
                 false,
                 Some((s(&["sg-1", "sg-2"]), s(&["eni-b"]))),
             ),
-            // An unmanaged ENI (no_manage, another node's) keeps its groups.
+            // An unmanaged ENI (no_manage, another node's, untagged) keeps its groups, and so
+            // does one in another subnet (custom networking's).
+            (
+                vec![
+                    e("eni-a", Some(0), 0, "in-use", &["sg-2"]),
+                    EniInfo {
+                        subnet_id: "subnet-other".into(),
+                        ..e("eni-b", Some(1), 0, "in-use", &["sg-1"])
+                    },
+                ],
+                false,
+                Some((s(&["sg-2"]), vec![])),
+            ),
             (
                 vec![
                     e("eni-a", Some(0), 0, "in-use", &["sg-2"]),

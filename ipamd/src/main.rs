@@ -21,6 +21,7 @@ Configuration comes from the environment, with upstream aws-node's names and def
   AWS_VPC_K8S_CNI_VETHPREFIX (eni)  AWS_VPC_K8S_CNI_BACKING_STORE (upstream checkpoint, read once)
   DISABLE_LEAKED_ENI_CLEANUP  MANAGE_UNTAGGED_ENI (true)  ADDITIONAL_ENI_TAGS ({})  CLUSTER_NAME
   INTROSPECTION_BIND_ADDRESS (127.0.0.1:61679)  DISABLE_INTROSPECTION  DISABLE_METRICS
+  AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG (false; true is refused: ENIConfig is not supported)
 nodewire's own:
   NODEWIRE_IPAMD_SOCKET (/var/run/nodewire/ipamd.sock)  NODEWIRE_BACKING_STORE (/var/run/nodewire/ipam.json)
   NODEWIRE_ADD_WAIT_MS (5000)  NODEWIRE_LEAKED_ENI_GRACE_SECONDS (300)  NODEWIRE_METRICS_BIND_ADDRESS

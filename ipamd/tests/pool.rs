@@ -1005,10 +1005,16 @@ async fn secondary_enis_follow_the_primary_enis_security_groups() {
     for n in 5..11 {
         c.add(add(n)).await.expect("add");
     }
+    // Attached, and ipamd done with it (its DeleteOnTermination call is made after the attach).
     wait_for("a third ENI", &ipamd.log, || {
-        groups_by_device(&sim, &node.instance_id).len() == 3
+        std::fs::read_to_string(&ipamd.log)
+            .unwrap_or_default()
+            .matches("ENI attached")
+            .count()
+            == 2
     })
     .await;
+    assert_eq!(groups_by_device(&sim, &node.instance_id).len(), 3);
     assert!(
         groups_by_device(&sim, &node.instance_id)
             .iter()

@@ -430,7 +430,18 @@ impl Sim {
                 "Invalid security group name {name:?}: 1-255 characters, not starting with sg-"
             )));
         }
-        if self.security_groups.values().any(|g| g.name == name) {
+        if name.eq_ignore_ascii_case("default") {
+            return Err(ApiError::new(
+                "InvalidGroup.Reserved",
+                "The security group 'default' is reserved",
+            ));
+        }
+        // Names are unique per VPC, compared without regard to case.
+        if self
+            .security_groups
+            .values()
+            .any(|g| g.name.eq_ignore_ascii_case(name))
+        {
             return Err(ApiError::new(
                 "InvalidGroup.Duplicate",
                 format!(

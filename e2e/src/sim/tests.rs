@@ -1115,6 +1115,8 @@ fn security_groups_are_created_unique_per_vpc_and_default_stays_default() {
     );
     for (name, vpc_id, code) in [
         ("web", None, "InvalidGroup.Duplicate"),
+        ("WEB", None, "InvalidGroup.Duplicate"),
+        ("default", None, "InvalidGroup.Reserved"),
         ("other", Some("vpc-0000"), "InvalidVpcID.NotFound"),
         ("", None, "InvalidParameterValue"),
         ("sg-x", None, "InvalidParameterValue"),
