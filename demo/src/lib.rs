@@ -148,8 +148,6 @@ pub struct NodeReport {
     pub instance_id: String,
     pub instance_type: String,
     pub primary_ip: Ipv4Addr,
-    /// ipamd start → the CNI's STATUS answered "ready".
-    pub ready_after: Duration,
     pub enis: Vec<EniRow>,
     pub pods: Vec<PodRow>,
 }
@@ -619,7 +617,6 @@ mod tests {
                 instance_id: "i-1".into(),
                 instance_type: "m5.large".into(),
                 primary_ip: Ipv4Addr::new(10, 0, 0, 5),
-                ready_after: ms(900),
                 enis: vec![EniRow {
                     id: "eni-a".into(),
                     device: 0,

@@ -728,14 +728,9 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
     ));
 
     // 2. The node agents.
-    let aws_env = [
-        ("AWS_ACCESS_KEY_ID", "demo"),
-        ("AWS_SECRET_ACCESS_KEY", "demo"),
-        ("AWS_REGION", "us-east-1"),
-    ];
     let mut sockets = Vec::new();
     let mut started = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
+    for n in &nodes {
         let dir = w.root.join(format!("ipamd-{}", n.name));
         std::fs::create_dir_all(&dir)?;
         let setup = tokio::process::Command::new("ip")
@@ -756,25 +751,7 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
                 String::from_utf8_lossy(&setup.stderr)
             );
         }
-        let socket = dir.join("ipamd.sock");
-        let mut cmd = helper("ip");
-        cmd.args(["netns", "exec", &n.netns])
-            .arg(&bins.ipamd)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(aws_env)
-            .env("AWS_ENDPOINT_URL_EC2", "http://169.254.169.254:8773")
-            .env("RUST_LOG", "info")
-            .env("NODEWIRE_IPAMD_SOCKET", &socket)
-            .env("NODEWIRE_BACKING_STORE", dir.join("ipam.json"))
-            .env(
-                "NODEWIRE_INSTANCE_TYPE_CACHE",
-                dir.join("instance-types.json"),
-            )
-            .env(
-                "AWS_VPC_K8S_CNI_BACKING_STORE",
-                dir.join("upstream-ipam.json"),
-            );
+        let (mut cmd, socket) = n.ipamd_command(&bins.ipamd, &dir);
         if cli.prefix_delegation {
             cmd.env("ENABLE_PREFIX_DELEGATION", "true");
         }
@@ -792,7 +769,6 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
                 ""
             }
         ));
-        let _ = i;
     }
     // The CSI controller on the host (EC2 through vpcsim's host endpoint), a node plugin per node
     // (its network namespace for IMDS, the host's mounts as a privileged DaemonSet pod has).
@@ -802,7 +778,9 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
     let mut cmd = std::process::Command::new(&bins.csi);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(aws_env)
+        .env("AWS_ACCESS_KEY_ID", "demo")
+        .env("AWS_SECRET_ACCESS_KEY", "demo")
+        .env("AWS_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL_EC2", &ec2_local)
         .env("RUST_LOG", "info")
         .args(["--mode", "controller", "--ec2-wait-seconds", "60"])
@@ -1003,7 +981,6 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
             instance_id: n.instance_id.clone(),
             instance_type: n.instance_type.clone(),
             primary_ip: n.primary_ip,
-            ready_after: ready[i],
             enis: rows,
             pods: pod_rows,
         });
@@ -1080,7 +1057,7 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
     let traffic_wall = t_traffic.elapsed();
 
     // 5. The volume's journey.
-    let journey = volume_journey(w, cli, bins, &nodes, &pods, &ctl_socket, &node_sockets).await?;
+    let journey = volume_journey(w, cli, &nodes, &pods, &ctl_socket, &node_sockets).await?;
 
     // 6. DEL every pod, as kubelet does when the pods go away.
     say(format!("pods: deleting all {total} through vpc-cni DEL"));
@@ -1258,7 +1235,6 @@ async fn tcp_ask(ns: &str, to: SocketAddr) -> Result<String, String> {
 async fn volume_journey(
     w: &mut World,
     cli: &Cli,
-    _bins: &Bins,
     nodes: &[NodeInfo],
     pods: &[Pod],
     ctl_socket: &Path,

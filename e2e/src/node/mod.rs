@@ -100,6 +100,39 @@ pub struct NodeInfo {
     pub device_dir: PathBuf,
 }
 
+impl NodeInfo {
+    /// nodewire's `ipamd` (at `bin`) as it runs on this node: in its network namespace, EC2
+    /// through the node's endpoint, IMDS at the metadata address, any credentials, its socket
+    /// and state files under `dir`. The environment is otherwise empty; callers add settings,
+    /// stdio and logging. Returns the command and the socket it will listen on.
+    pub fn ipamd_command(&self, bin: &Path, dir: &Path) -> (std::process::Command, PathBuf) {
+        let socket = dir.join("ipamd.sock");
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns])
+            .arg(bin)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(
+                "AWS_ENDPOINT_URL_EC2",
+                format!("http://{METADATA_IP}:{EC2_PORT}"),
+            )
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "x")
+            .env("RUST_LOG", "info")
+            .env("NODEWIRE_IPAMD_SOCKET", &socket)
+            .env("NODEWIRE_BACKING_STORE", dir.join("ipam.json"))
+            .env(
+                "NODEWIRE_INSTANCE_TYPE_CACHE",
+                dir.join("instance-types.json"),
+            )
+            .env(
+                "AWS_VPC_K8S_CNI_BACKING_STORE",
+                dir.join("upstream-ipam.json"),
+            );
+        (cmd, socket)
+    }
+}
+
 /// What `vpcsim up` prints when ready.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UpInfo {

@@ -20,28 +20,9 @@ pub struct Ipamd {
 impl Ipamd {
     /// Starts `bin` inside the node's namespace, pointed at vpcsim's EC2 endpoint and IMDS.
     pub fn start_bin(bin: &Path, node: &NodeInfo, dir: &Path, env: &[(&str, &str)]) -> Ipamd {
-        let socket = dir.join("ipamd.sock");
         let log = dir.join("ipamd.log");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &node.netns])
-            .arg(bin)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("AWS_ENDPOINT_URL_EC2", "http://169.254.169.254:8773")
-            .env("AWS_ACCESS_KEY_ID", "x")
-            .env("AWS_SECRET_ACCESS_KEY", "x")
-            .env("RUST_LOG", "info")
-            .env("NODEWIRE_IPAMD_SOCKET", &socket)
-            .env("NODEWIRE_BACKING_STORE", dir.join("ipam.json"))
-            .env(
-                "NODEWIRE_INSTANCE_TYPE_CACHE",
-                dir.join("instance-types.json"),
-            )
-            .env(
-                "AWS_VPC_K8S_CNI_BACKING_STORE",
-                dir.join("upstream-ipam.json"),
-            )
-            .stdout(Stdio::null())
+        let (mut cmd, socket) = node.ipamd_command(bin, dir);
+        cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
         for (k, v) in env {
             cmd.env(k, v);
