@@ -11,8 +11,6 @@ use std::time::Duration;
 
 /// How long to wait for ipamd's socket to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Scheduler turns ADD gives the ipamd request to leave before the veth is made (see `add`).
-const YIELDS_BEFORE_VETH: usize = 2;
 /// DEL must not hold up pod deletion: past this, ipamd counts as down and DEL tears down locally.
 /// Long enough to cover ipamd's start-up (it binds its socket before it has rebuilt its state, and
 /// answers once it has), so a DEL during an ipamd restart is still recorded by ipamd itself rather
@@ -87,9 +85,8 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         mtu: conf.mtu,
     };
     // ipamd picks the address while the kernel builds the veth pair: neither needs the other,
-    // and they are the two slowest steps (ipamd works in its own process). The netlink calls
-    // block this thread in the kernel, so the veth waits until the request is on the wire:
-    // yielding lets the HTTP/2 connection task (spawned by the connect) write it first.
+    // and they are the two slowest steps (ipamd works in its own process; the pair is created
+    // on a thread of its own, see `net::create_veth`, so this thread is free for HTTP/2).
     let (mut t_ask, mut t_veth) = (Duration::ZERO, Duration::ZERO);
     let ask = async {
         let mut ipamd = Ipamd::connect(&conf.ipamd_socket, CONNECT_TIMEOUT).await?;
@@ -106,9 +103,6 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         r
     };
     let make_veth = async {
-        for _ in 0..YIELDS_BEFORE_VETH {
-            tokio::task::yield_now().await;
-        }
         let v = net::create_veth(&host, &pod, &ns, &plan).await;
         t_veth = t0.elapsed();
         v

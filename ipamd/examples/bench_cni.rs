@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PODS: usize = 200;
+const WARM_UP: usize = 20;
 
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -41,6 +42,8 @@ struct Plugin {
     host_ns: String,
     conf: Value,
     args: fn(usize) -> String,
+    /// The IPAM daemon whose CPU time counts for this plugin (ours: ipamd; ptp has none).
+    ipamd_pid: Option<u32>,
 }
 
 fn pod_ns(tag: &str, plugin: &str, i: usize) -> String {
@@ -83,6 +86,73 @@ fn exec(p: &Plugin, cmd: &str, i: usize, netns: &str, conf: &Value) -> (Duration
     (took, v)
 }
 
+/// CPU time spent so far, in ms: by this process's waited-for children (the plugin execs), by
+/// ipamd, and by the whole machine (every busy state of /proc/stat, kernel threads included).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    plugin: f64,
+    ipamd: f64,
+    machine: f64,
+}
+
+impl Cpu {
+    fn now(ipamd: Option<u32>) -> Cpu {
+        // SAFETY: getrusage only writes the struct it is given.
+        let children = unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+            ru
+        };
+        let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let ipamd = ipamd
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .and_then(|s| {
+                // Fields after the ")" of the command name: utime and stime are 12th and 13th.
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<f64> = rest
+                    .split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                Some(f.iter().sum::<f64>() * 1e3 / hz)
+            })
+            .unwrap_or(0.0);
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let f: Vec<f64> = s
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal: busy = all but idle, iowait.
+                Some(f.iter().take(8).sum::<f64>() - f.get(3)? - f.get(4)?)
+            })
+            .unwrap_or(0.0)
+            * 1e3
+            / hz;
+        Cpu {
+            plugin: tv(children.ru_utime) + tv(children.ru_stime),
+            ipamd,
+            machine,
+        }
+    }
+
+    fn per_pod_since(self, before: Cpu, pods: usize) -> Cpu {
+        let n = pods.max(1) as f64;
+        Cpu {
+            plugin: (self.plugin - before.plugin) / n,
+            ipamd: (self.ipamd - before.ipamd) / n,
+            machine: (self.machine - before.machine) / n,
+        }
+    }
+}
+
 /// One phase: `par` threads, each inside the plugin's host netns, over pods 0..PODS.
 fn phase(
     p: &Plugin,
@@ -90,9 +160,23 @@ fn phase(
     par: usize,
     cmd: &'static str,
     results: &Arc<Mutex<Vec<Value>>>,
-) -> Vec<Duration> {
+) -> (Vec<Duration>, Cpu) {
+    phase_n(p, tag, par, cmd, results, PODS)
+}
+
+/// [`phase`] over pods 0..pods.
+fn phase_n(
+    p: &Plugin,
+    tag: &str,
+    par: usize,
+    cmd: &'static str,
+    results: &Arc<Mutex<Vec<Value>>>,
+    pods: usize,
+) -> (Vec<Duration>, Cpu) {
+    let cpu = Cpu::now(p.ipamd_pid);
+    let window = Window::start();
     let next = Arc::new(AtomicUsize::new(0));
-    let times = Arc::new(Mutex::new(Vec::with_capacity(PODS)));
+    let times = Arc::new(Mutex::new(Vec::with_capacity(pods)));
     let threads: Vec<_> = (0..par)
         .map(|_| {
             let (p, next, times, results) =
@@ -103,7 +187,7 @@ fn phase(
                 nix::sched::setns(&host, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= PODS {
+                    if i >= pods {
                         break;
                     }
                     let ns = pod_ns(&tag, p.name, i);
@@ -129,7 +213,34 @@ fn phase(
     }
     let mut v = std::mem::take(&mut *times.lock().expect("times"));
     v.sort();
-    v
+    window.end(&format!("{} {cmd} {par}-way", p.name));
+    (v, Cpu::now(p.ipamd_pid).per_pod_since(cpu, pods))
+}
+
+/// BENCH_CNI_PHASES=1: each phase's CLOCK_MONOTONIC window on stderr, to cut a system-wide
+/// profile (`perf record -k CLOCK_MONOTONIC -a`) down to one phase.
+struct Window(Option<f64>);
+
+impl Window {
+    fn mono() -> f64 {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+        t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+    }
+
+    fn start() -> Window {
+        Window(std::env::var_os("BENCH_CNI_PHASES").map(|_| Window::mono()))
+    }
+
+    fn end(self, what: &str) {
+        if let Some(t0) = self.0 {
+            eprintln!("phase {what}: {t0:.6} {:.6}", Window::mono());
+        }
+    }
 }
 
 fn pct(v: &[Duration], p: f64) -> f64 {
@@ -141,6 +252,17 @@ struct Row {
     case: String,
     ours: (f64, f64),
     ptp: (f64, f64),
+    cpu: [Cpu; 2],
+}
+
+/// Unmeasured ADD and DEL of a few pods per plugin before the first case: the first phase of a
+/// run is ~10% slower (page cache, ipamd's and the kernel's first allocations), whichever plugin
+/// has it.
+fn warm_up(p: &Plugin, tag: &str) {
+    let results = Arc::new(Mutex::new(vec![Value::Null; PODS]));
+    let tag = format!("{tag}w");
+    phase_n(p, &tag, 1, "ADD", &results, WARM_UP);
+    phase_n(p, &tag, 1, "DEL", &results, WARM_UP);
 }
 
 fn run_case(ours: &Plugin, ptp: &Plugin, tag: &str, par: usize, rows: &mut Vec<Row>) {
@@ -154,8 +276,9 @@ fn run_case(ours: &Plugin, ptp: &Plugin, tag: &str, par: usize, rows: &mut Vec<R
     for (name, t) in [("ADD", &add), ("DEL", &del)] {
         rows.push(Row {
             case: format!("{name} x{PODS}, {par}-way"),
-            ours: (pct(&t[0], 0.5), pct(&t[0], 0.99)),
-            ptp: (pct(&t[1], 0.5), pct(&t[1], 0.99)),
+            ours: (pct(&t[0].0, 0.5), pct(&t[0].0, 0.99)),
+            ptp: (pct(&t[1].0, 0.5), pct(&t[1].0, 0.99)),
+            cpu: [t[0].1, t[1].1],
         });
     }
 }
@@ -224,8 +347,12 @@ async fn main() {
     .await
     .expect("vpcsim");
     let node = sim.info.nodes[0].clone();
+    // BENCH_CNI_IPAMD: another ipamd binary (A/B runs); default the perf build next to this.
+    let ipamd_bin = std::env::var_os("BENCH_CNI_IPAMD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| profile_dir().join("ipamd"));
     let ipamd = harness::Ipamd::start_bin(
-        &profile_dir().join("ipamd"),
+        &ipamd_bin,
         &node,
         &run_dir,
         &[
@@ -251,6 +378,7 @@ async fn main() {
             "logFile": log.clone().unwrap_or_default(), "logLevel": if log.is_some() { "debug" } else { "info" },
         }),
         args: |i| format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{i}"),
+        ipamd_pid: Some(ipamd.child.id()),
     };
     let ptp = Plugin {
         name: "ptp",
@@ -263,14 +391,34 @@ async fn main() {
                       "dataDir": dir.path().join("ipam") },
         }),
         args: |_| String::new(),
+        ipamd_pid: None,
     };
 
+    // BENCH_CNI_AB=<another vpc-cni>: that build takes ptp's place (same ipamd, same run), so
+    // the ratio column compares two builds of ours; for telling small changes from this
+    // machine's run-to-run noise.
+    let ptp = match std::env::var_os("BENCH_CNI_AB") {
+        Some(b) => {
+            println!(
+                "BENCH_CNI_AB: the ptp columns are {}",
+                Path::new(&b).display()
+            );
+            Plugin {
+                name: "oursb",
+                bin: PathBuf::from(b),
+                ..ours.clone()
+            }
+        }
+        None => ptp,
+    };
     let mut rows = Vec::new();
     // BENCH_CNI_PAR=1 (or 8): only that case, for quick iterations; default both.
     let pars: Vec<usize> = std::env::var("BENCH_CNI_PAR")
         .ok()
         .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 8]);
+    warm_up(&ours, &tag);
+    warm_up(&ptp, &tag);
     for par in pars {
         run_case(&ours, &ptp, &tag, par, &mut rows);
         ipamd.wait_free(200).await;
@@ -289,6 +437,26 @@ async fn main() {
             r.ptp.0,
             r.ptp.1,
             r.ours.0 / r.ptp.0
+        );
+    }
+    // Where the CPU goes (tick-based for ipamd and the machine: a guide, not a measurement to
+    // the microsecond). "machine" includes netns creation/deletion by this driver and kernel
+    // threads (netns and veth teardown), for both plugins alike.
+    println!("CPU per pod (ms): plugin execs / ipamd / whole machine");
+    println!("{:<20} {:>22} {:>22}", "case", "ours", "ptp+host-local");
+    for r in &rows {
+        let f = |c: &Cpu, d: bool| {
+            if d {
+                format!("{:.2} / {:.2} / {:.2}", c.plugin, c.ipamd, c.machine)
+            } else {
+                format!("{:.2} / - / {:.2}", c.plugin, c.machine)
+            }
+        };
+        println!(
+            "{:<20} {:>22} {:>22}",
+            r.case,
+            f(&r.cpu[0], true),
+            f(&r.cpu[1], false)
         );
     }
     // Size as shipped: stripped.

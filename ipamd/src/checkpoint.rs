@@ -89,8 +89,79 @@ impl Checkpoint {
     }
 }
 
+/// One allocation as written, borrowed from the datastore; serialises exactly as
+/// [`Allocation`] (same fields, same order).
+#[derive(Serialize)]
+struct AllocationRef<'a> {
+    #[serde(rename = "networkName")]
+    network: &'a str,
+    #[serde(rename = "containerID")]
+    container: &'a str,
+    #[serde(rename = "ifName")]
+    ifname: &'a str,
+    ipv4: Ipv4Addr,
+    #[serde(rename = "allocationTimestamp")]
+    allocated_ns: u64,
+    metadata: &'a PodMeta,
+}
+
+/// [`Checkpoint::of`] as written by [`write_datastore`]: the same JSON, without copying every
+/// allocation first (this runs on every ADD and DEL, under ipamd's state lock).
+#[derive(Serialize)]
+struct CheckpointRef<'a> {
+    version: &'static str,
+    allocations: Vec<AllocationRef<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cooldowns: Vec<Cooldown>,
+}
+
+fn view(ds: &Datastore, now_ms: u64) -> CheckpointRef<'_> {
+    CheckpointRef {
+        version: VERSION,
+        allocations: ds
+            .allocations_ref()
+            .map(|(key, metadata, ipv4, since_ms)| AllocationRef {
+                network: &key.network,
+                container: &key.container,
+                ifname: &key.ifname,
+                ipv4,
+                allocated_ns: since_ms * 1_000_000,
+                metadata,
+            })
+            .collect(),
+        cooldowns: ds
+            .cooldowns(now_ms)
+            .into_iter()
+            .map(|(ipv4, since_ms)| Cooldown {
+                ipv4,
+                released_ns: since_ms * 1_000_000,
+            })
+            .collect(),
+    }
+}
+
+/// Writes the datastore's checkpoint ([`Checkpoint::of`]) atomically.
+pub fn write_datastore(path: &Path, ds: &Datastore, now_ms: u64) -> Result<(), Error> {
+    let v = view(ds, now_ms);
+    // ~200 bytes an allocation: one allocation of the buffer, not a dozen regrowths.
+    let mut body = Vec::with_capacity(256 + 224 * v.allocations.len() + 64 * v.cooldowns.len());
+    serde_json::to_writer(&mut body, &v).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: io::Error::other(e),
+    })?;
+    write_bytes(path, &body)
+}
+
 /// Writes the checkpoint atomically: a reader sees the old file or the new one, never a mix.
 pub fn write(path: &Path, cp: &Checkpoint) -> Result<(), Error> {
+    let body = serde_json::to_vec(cp).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: io::Error::other(e),
+    })?;
+    write_bytes(path, &body)
+}
+
+fn write_bytes(path: &Path, body: &[u8]) -> Result<(), Error> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -101,8 +172,7 @@ pub fn write(path: &Path, cp: &Checkpoint) -> Result<(), Error> {
         .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io)?;
     let (tmp_path, mut tmp) = tempfile_in(dir, path).map_err(io)?;
-    let body = serde_json::to_vec(cp).map_err(|e| io(io::Error::other(e)))?;
-    let written = tmp.write_all(&body).and_then(|()| tmp.sync_all());
+    let written = tmp.write_all(body).and_then(|()| tmp.sync_all());
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp_path);
         return Err(io(e));
@@ -191,6 +261,38 @@ mod tests {
             CidrKind::Ip,
         );
         d
+    }
+
+    #[test]
+    fn borrowed_writer_writes_the_same_bytes_as_the_owned_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        let same = |d: &Datastore, now: u64| {
+            write(&a, &Checkpoint::of(d, now)).expect("owned");
+            write_datastore(&b, d, now).expect("borrowed");
+            let (x, y) = (fs::read(&a).expect("a"), fs::read(&b).expect("b"));
+            assert_eq!(String::from_utf8_lossy(&x), String::from_utf8_lossy(&y));
+            String::from_utf8_lossy(&y).to_string()
+        };
+        let mut d = ds();
+        // A host veth name that needs escaping, and none (the field is then left out).
+        for (i, host) in [(1, "eni\"q\""), (2, "")] {
+            let meta = PodMeta {
+                namespace: "kube-system".into(),
+                name: format!("pod-{i}"),
+                host_ifname: host.into(),
+            };
+            d.assign(
+                &Key::new("aws-cni", &format!("c{i}"), "eth0"),
+                &meta,
+                1_000 * i,
+            )
+            .expect("assign");
+        }
+        let both = same(&d, 3_000);
+        assert!(both.contains("pod-1") && both.contains("pod-2") && !both.contains("cooldowns"));
+        d.release(&Key::new("aws-cni", "c2", "eth0"), 5_000);
+        assert!(same(&d, 5_000).contains("cooldowns"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! that finds the pool empty while it can still grow waits (bounded) for the reconciler instead
 //! of failing; when it cannot grow it fails at once with the reason.
 
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint;
 use crate::cloud::{Cloud, CloudError, EniInfo, NewEni, Node};
 use crate::config::Config;
 use crate::datastore::{AssignError, Assignment, CidrKind, Datastore, Eni, Key, PodMeta};
@@ -363,12 +363,12 @@ impl<C: Cloud> Ipamd<C> {
                 "checkpoint loaded"
             );
         }
-        checkpoint::write(&self.cfg.backing_store, &Checkpoint::of(&st.ds, now_ms()))?;
+        checkpoint::write_datastore(&self.cfg.backing_store, &st.ds, now_ms())?;
         Ok(())
     }
 
     fn persist(&self, ds: &Datastore) -> Result<(), checkpoint::Error> {
-        checkpoint::write(&self.cfg.backing_store, &Checkpoint::of(ds, now_ms()))
+        checkpoint::write_datastore(&self.cfg.backing_store, ds, now_ms())
     }
 
     /// Why the pool cannot grow right now, if it cannot.

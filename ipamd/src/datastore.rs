@@ -437,20 +437,25 @@ impl Datastore {
 
     /// Every assignment, in packing order.
     pub fn allocations(&self) -> Vec<(Key, PodMeta, Ipv4Addr, u64)> {
-        let mut v = Vec::new();
-        for c in self.enis.values().flat_map(|e| e.cidrs.values()) {
-            for (ip, s) in &c.slots {
-                if let Slot::Assigned {
+        self.allocations_ref()
+            .map(|(k, m, ip, t)| (k.clone(), m.clone(), ip, t))
+            .collect()
+    }
+
+    /// [`Datastore::allocations`], borrowed (the checkpoint writer's path: no copies).
+    pub fn allocations_ref(&self) -> impl Iterator<Item = (&Key, &PodMeta, Ipv4Addr, u64)> {
+        self.enis
+            .values()
+            .flat_map(|e| e.cidrs.values())
+            .flat_map(|c| c.slots.iter())
+            .filter_map(|(ip, s)| match s {
+                Slot::Assigned {
                     key,
                     meta,
                     since_ms,
-                } = s
-                {
-                    v.push((key.clone(), meta.clone(), *ip, *since_ms));
-                }
-            }
-        }
-        v
+                } => Some((key, meta, *ip, *since_ms)),
+                _ => None,
+            })
     }
 
     /// Every address still cooling at `now_ms`, with its release time.
