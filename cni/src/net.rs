@@ -5,7 +5,9 @@
 //! directly in the pod netns (`IFLA_NET_NS_FD`), so nothing is moved between namespaces (a move
 //! costs ~19 ms of rtnl/RCU time; the whole ADD here is well under a millisecond of netlink).
 //! ADD sends its requests in batches ([`Batch`]): one datagram per step, which the kernel runs in
-//! order and answers message by message, so the wiring costs four round trips, not sixteen.
+//! order and answers message by message, so the wiring costs four round trips, not sixteen. The
+//! first batch (create the pair, look up the host end) goes out on a blocking socket from a
+//! thread of its own, so the kernel's work on it overlaps the ipamd call ([`create_veth`]).
 
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -52,6 +54,8 @@ pub enum NetError {
     },
     #[error("{0}")]
     Missing(String),
+    #[error("the thread creating the veth pair ended without an answer")]
+    ThreadDied,
 }
 
 fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
@@ -378,20 +382,21 @@ pub async fn create_veth(
 ) -> Result<Veth, NetError> {
     // The first try runs on a thread of its own: creating the pair is ~0.5 ms of kernel work
     // done inside the sending thread's syscall, and meanwhile this thread (the runtime's only
-    // one) talks HTTP/2 to ipamd. The thread is joined (awaited) before `ns`, whose fd the
-    // request carries, can be dropped.
-    let reqs = create_reqs(ns, p);
+    // one) talks HTTP/2 to ipamd. The request names the pod netns by fd: the thread owns a
+    // duplicate of it, so the fd stays valid for as long as the thread may send.
+    let ns_fd = ns.try_clone().map_err(io("duplicating the pod netns fd"))?;
+    let reqs = create_reqs(&ns_fd, p);
     let (tx, rx) = futures::channel::oneshot::channel();
     std::thread::Builder::new()
         .name("veth".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let _ = tx.send(blocking_socket().and_then(|s| run_blocking(&s, reqs)));
+            let made = blocking_socket().and_then(|s| run_blocking(&s, reqs));
+            drop(ns_fd);
+            let _ = tx.send(made);
         })
         .map_err(io("starting the veth thread"))?;
-    let first = rx
-        .await
-        .unwrap_or_else(|_| Err(NetError::Missing("the veth thread died".into())));
+    let first = rx.await.unwrap_or(Err(NetError::ThreadDied));
     let made = match first {
         Err(NetError::Netlink { source, .. }) if is_exists(&source) => {
             // The host name is taken by a stale veth, or the pod already has the ifname (a
@@ -450,7 +455,9 @@ fn blocking_socket() -> Result<rtnetlink::sys::Socket, NetError> {
 }
 
 /// [`Batch::run`] on a blocking socket (its own sequence numbers, 1..=n): one datagram out,
-/// then answers until every request is acknowledged or has failed.
+/// then answers until every request is acknowledged or has failed. Every request asks for an
+/// ACK (so each one ends with an ACK or an error); none may be a dump (this is for ADD's first
+/// batch only: a create and a look-up by name).
 fn run_blocking(
     sock: &rtnetlink::sys::Socket,
     reqs: Vec<Req>,
@@ -460,49 +467,54 @@ fn run_blocking(
     let mut meta = Vec::with_capacity(n);
     for (i, r) in reqs.into_iter().enumerate() {
         let mut m = NetlinkMessage::from(r.msg);
-        m.header.flags = r.flags;
+        // (Not masking the dump bits: for a NEW request the same bits are EXCL and REPLACE.)
+        m.header.flags = r.flags | NLM_F_ACK;
         m.header.sequence_number = i as u32 + 1;
         m.finalize();
         let at = buf.len();
         buf.resize(at + m.buffer_len(), 0);
         m.serialize(&mut buf[at..]);
+        // Messages in a datagram start on 4-byte boundaries (NLMSG_ALIGN).
+        buf.resize(buf.len().next_multiple_of(4), 0);
         meta.push((r.what, r.tolerate));
     }
     sock.send(&buf, 0).map_err(io("sending netlink requests"))?;
     let mut out = vec![Vec::new(); n];
-    let mut done = 0;
+    let mut answered = vec![false; n];
+    let mut left = n;
     let mut failed = None;
-    while done < n {
+    while left > 0 {
         let (data, _) = sock
             .recv_from_full()
             .map_err(io("reading netlink answers"))?;
         let mut at = 0;
         while at + 16 <= data.len() {
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[at..])
-                .map_err(|e| NetError::Missing(format!("a netlink answer did not parse: {e}")))?;
-            let len = m.header.length as usize;
-            let i = (m.header.sequence_number as usize).wrapping_sub(1);
-            match m.payload {
-                NetlinkPayload::InnerMessage(x) if i < n => out[i].push(x),
-                NetlinkPayload::Error(e) => {
-                    done += 1;
-                    if e.code.is_some() {
-                        let e = rtnetlink::Error::NetlinkError(e);
-                        let (what, tolerated) = match meta.get(i) {
-                            Some((what, tolerate)) => (what.clone(), tolerate(&e)),
-                            None => ("a batched netlink request".to_string(), false),
-                        };
-                        if failed.is_none() && !tolerated {
-                            failed = Some(nl(what)(e));
-                        }
-                    }
-                }
-                _ => {}
-            }
-            if len == 0 {
+            // nlmsg_len, the first field of every message's header.
+            let len =
+                u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
+            if len < 16 || at + len > data.len() {
                 break;
             }
-            at += (len + 3) & !3;
+            // An answer that does not parse is skipped, as netlink-proto does for `Batch`.
+            if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[at..at + len]) {
+                let i = (m.header.sequence_number as usize).wrapping_sub(1);
+                match m.payload {
+                    NetlinkPayload::InnerMessage(x) if i < n => out[i].push(x),
+                    NetlinkPayload::Error(e) if i < n && !answered[i] => {
+                        answered[i] = true;
+                        left -= 1;
+                        if e.code.is_some() {
+                            let e = rtnetlink::Error::NetlinkError(e);
+                            let (what, tolerate) = &meta[i];
+                            if failed.is_none() && !tolerate(&e) {
+                                failed = Some(nl(what.clone())(e));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            at += len.next_multiple_of(4);
         }
     }
     match failed {

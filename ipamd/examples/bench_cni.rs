@@ -233,7 +233,8 @@ impl Window {
     }
 
     fn start() -> Window {
-        Window(std::env::var_os("BENCH_CNI_PHASES").map(|_| Window::mono()))
+        let on = std::env::var("BENCH_CNI_PHASES").is_ok_and(|v| v == "1");
+        Window(on.then(Window::mono))
     }
 
     fn end(self, what: &str) {
@@ -397,6 +398,7 @@ async fn main() {
     // BENCH_CNI_AB=<another vpc-cni>: that build takes ptp's place (same ipamd, same run), so
     // the ratio column compares two builds of ours; for telling small changes from this
     // machine's run-to-run noise.
+    let ab = std::env::var_os("BENCH_CNI_AB").is_some();
     let ptp = match std::env::var_os("BENCH_CNI_AB") {
         Some(b) => {
             println!(
@@ -456,7 +458,7 @@ async fn main() {
             "{:<20} {:>22} {:>22}",
             r.case,
             f(&r.cpu[0], true),
-            f(&r.cpu[1], false)
+            f(&r.cpu[1], ab)
         );
     }
     // Size as shipped: stripped.
