@@ -151,8 +151,11 @@ pub struct Req {
     flags: u16,
     what: String,
     /// Errors that count as success (EEXIST for a rule already there).
-    tolerate: fn(&rtnetlink::Error) -> bool,
+    tolerate: Tolerate,
 }
+
+/// Which errors of a request count as success.
+type Tolerate = fn(&rtnetlink::Error) -> bool;
 
 const CREATE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
 const REPLACE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
@@ -172,7 +175,7 @@ impl Req {
         }
     }
 
-    fn tolerating(self, tolerate: fn(&rtnetlink::Error) -> bool) -> Req {
+    fn tolerating(self, tolerate: Tolerate) -> Req {
         Req { tolerate, ..self }
     }
 }
@@ -193,16 +196,7 @@ impl Batch {
     /// Sends `reqs` in one datagram; returns each request's replies, or the first error that
     /// is not tolerated (every request has been answered by then).
     pub async fn run(&self, reqs: Vec<Req>) -> Result<Vec<Vec<RouteNetlinkMessage>>, NetError> {
-        let mut meta = Vec::with_capacity(reqs.len());
-        let msgs: Vec<_> = reqs
-            .into_iter()
-            .map(|r| {
-                let mut m = NetlinkMessage::from(r.msg);
-                m.header.flags = r.flags;
-                meta.push((r.what, r.tolerate));
-                m
-            })
-            .collect();
+        let (msgs, mut answers) = Answers::prepare(reqs);
         let n = msgs.len();
         let (base, mut replies) = {
             // Invariant: the lock is only held around the submission below, which cannot panic.
@@ -215,28 +209,75 @@ impl Batch {
             *last = last.wrapping_add(n as u32);
             (base, replies)
         };
-        let mut out = vec![Vec::new(); n];
-        let mut failed = None;
         while let Some(m) = replies.next().await {
             let i = m.header.sequence_number.wrapping_sub(base) as usize;
-            match m.payload {
-                NetlinkPayload::InnerMessage(x) if i < n => out[i].push(x),
-                NetlinkPayload::Error(e) if e.code.is_some() => {
+            answers.file(i, m.payload);
+        }
+        answers.finish()
+    }
+}
+
+/// A batch's answers as they arrive: each request's replies, and the first error that its
+/// request does not tolerate. Shared by [`Batch::run`] and [`run_blocking`].
+struct Answers {
+    out: Vec<Vec<RouteNetlinkMessage>>,
+    meta: Vec<(String, Tolerate)>,
+    failed: Option<NetError>,
+}
+
+impl Answers {
+    /// The requests as netlink messages (flags set, sequence numbers left to the sender), and
+    /// an empty set of answers for them.
+    fn prepare(reqs: Vec<Req>) -> (Vec<NetlinkMessage<RouteNetlinkMessage>>, Answers) {
+        let mut meta = Vec::with_capacity(reqs.len());
+        let msgs: Vec<_> = reqs
+            .into_iter()
+            .map(|r| {
+                let mut m = NetlinkMessage::from(r.msg);
+                m.header.flags = r.flags;
+                meta.push((r.what, r.tolerate));
+                m
+            })
+            .collect();
+        let answers = Answers {
+            out: vec![Vec::new(); msgs.len()],
+            meta,
+            failed: None,
+        };
+        (msgs, answers)
+    }
+
+    /// Files one answer to request `i` (its index in the batch); true when it is an ACK or an
+    /// error, the last answer a request gets.
+    fn file(&mut self, i: usize, payload: NetlinkPayload<RouteNetlinkMessage>) -> bool {
+        match payload {
+            NetlinkPayload::InnerMessage(x) => {
+                if let Some(o) = self.out.get_mut(i) {
+                    o.push(x);
+                }
+                false
+            }
+            NetlinkPayload::Error(e) => {
+                if e.code.is_some() {
                     let e = rtnetlink::Error::NetlinkError(e);
-                    let (what, tolerated) = match meta.get(i) {
+                    let (what, tolerated) = match self.meta.get(i) {
                         Some((what, tolerate)) => (what.clone(), tolerate(&e)),
                         None => ("a batched netlink request".to_string(), false),
                     };
-                    if failed.is_none() && !tolerated {
-                        failed = Some(nl(what)(e));
+                    if self.failed.is_none() && !tolerated {
+                        self.failed = Some(nl(what)(e));
                     }
                 }
-                _ => {}
+                true
             }
+            _ => false,
         }
-        match failed {
+    }
+
+    fn finish(self) -> Result<Vec<Vec<RouteNetlinkMessage>>, NetError> {
+        match self.failed {
             Some(e) => Err(e),
-            None => Ok(out),
+            None => Ok(self.out),
         }
     }
 }
@@ -462,13 +503,12 @@ fn run_blocking(
     sock: &rtnetlink::sys::Socket,
     reqs: Vec<Req>,
 ) -> Result<Vec<Vec<RouteNetlinkMessage>>, NetError> {
-    let n = reqs.len();
+    let (msgs, mut answers) = Answers::prepare(reqs);
+    let n = msgs.len();
     let mut buf = Vec::new();
-    let mut meta = Vec::with_capacity(n);
-    for (i, r) in reqs.into_iter().enumerate() {
-        let mut m = NetlinkMessage::from(r.msg);
+    for (i, mut m) in msgs.into_iter().enumerate() {
         // (Not masking the dump bits: for a NEW request the same bits are EXCL and REPLACE.)
-        m.header.flags = r.flags | NLM_F_ACK;
+        m.header.flags |= NLM_F_ACK;
         m.header.sequence_number = i as u32 + 1;
         m.finalize();
         let at = buf.len();
@@ -476,13 +516,10 @@ fn run_blocking(
         m.serialize(&mut buf[at..]);
         // Messages in a datagram start on 4-byte boundaries (NLMSG_ALIGN).
         buf.resize(buf.len().next_multiple_of(4), 0);
-        meta.push((r.what, r.tolerate));
     }
     sock.send(&buf, 0).map_err(io("sending netlink requests"))?;
-    let mut out = vec![Vec::new(); n];
     let mut answered = vec![false; n];
     let mut left = n;
-    let mut failed = None;
     while left > 0 {
         let (data, _) = sock
             .recv_from_full()
@@ -498,29 +535,15 @@ fn run_blocking(
             // An answer that does not parse is skipped, as netlink-proto does for `Batch`.
             if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[at..at + len]) {
                 let i = (m.header.sequence_number as usize).wrapping_sub(1);
-                match m.payload {
-                    NetlinkPayload::InnerMessage(x) if i < n => out[i].push(x),
-                    NetlinkPayload::Error(e) if i < n && !answered[i] => {
-                        answered[i] = true;
-                        left -= 1;
-                        if e.code.is_some() {
-                            let e = rtnetlink::Error::NetlinkError(e);
-                            let (what, tolerate) = &meta[i];
-                            if failed.is_none() && !tolerate(&e) {
-                                failed = Some(nl(what.clone())(e));
-                            }
-                        }
-                    }
-                    _ => {}
+                if answers.file(i, m.payload) && i < n && !answered[i] {
+                    answered[i] = true;
+                    left -= 1;
                 }
             }
             at += len.next_multiple_of(4);
         }
     }
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    answers.finish()
 }
 
 /// Inside the pod, one batch: the interface up, `<ip>/32`, `169.254.1.1 scope link`,

@@ -690,14 +690,7 @@ async fn run(w: &mut World, cli: &Cli, bins: &Bins) -> Result<Report> {
     ));
     let timing = match cli.timing {
         TimingArg::Realistic => e2e::sim::Timing::default(),
-        TimingArg::Quick => e2e::sim::Timing {
-            attach_ms: 50,
-            detach_ms: 50,
-            create_ms: 30,
-            modify_ms: 50,
-            snapshot_ms: 50,
-            imds_lag_ms: 100,
-        },
+        TimingArg::Quick => e2e::sim::Timing::quick(),
     };
     let sim = Vpcsim::start(Options {
         nodes: 2,

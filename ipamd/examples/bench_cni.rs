@@ -153,19 +153,8 @@ impl Cpu {
     }
 }
 
-/// One phase: `par` threads, each inside the plugin's host netns, over pods 0..PODS.
+/// One phase: `par` threads, each inside the plugin's host netns, over pods 0..pods.
 fn phase(
-    p: &Plugin,
-    tag: &str,
-    par: usize,
-    cmd: &'static str,
-    results: &Arc<Mutex<Vec<Value>>>,
-) -> (Vec<Duration>, Cpu) {
-    phase_n(p, tag, par, cmd, results, PODS)
-}
-
-/// [`phase`] over pods 0..pods.
-fn phase_n(
     p: &Plugin,
     tag: &str,
     par: usize,
@@ -262,8 +251,8 @@ struct Row {
 fn warm_up(p: &Plugin, tag: &str) {
     let results = Arc::new(Mutex::new(vec![Value::Null; PODS]));
     let tag = format!("{tag}w");
-    phase_n(p, &tag, 1, "ADD", &results, WARM_UP);
-    phase_n(p, &tag, 1, "DEL", &results, WARM_UP);
+    phase(p, &tag, 1, "ADD", &results, WARM_UP);
+    phase(p, &tag, 1, "DEL", &results, WARM_UP);
 }
 
 fn run_case(ours: &Plugin, ptp: &Plugin, tag: &str, par: usize, rows: &mut Vec<Row>) {
@@ -271,8 +260,8 @@ fn run_case(ours: &Plugin, ptp: &Plugin, tag: &str, par: usize, rows: &mut Vec<R
     let mut del = Vec::new();
     for p in [ours, ptp] {
         let results = Arc::new(Mutex::new(vec![Value::Null; PODS]));
-        add.push(phase(p, tag, par, "ADD", &results));
-        del.push(phase(p, tag, par, "DEL", &results));
+        add.push(phase(p, tag, par, "ADD", &results, PODS));
+        del.push(phase(p, tag, par, "DEL", &results, PODS));
     }
     for (name, t) in [("ADD", &add), ("DEL", &del)] {
         rows.push(Row {

@@ -77,16 +77,20 @@ impl Checkpoint {
                     metadata,
                 })
                 .collect(),
-            cooldowns: ds
-                .cooldowns(now_ms)
-                .into_iter()
-                .map(|(ipv4, since_ms)| Cooldown {
-                    ipv4,
-                    released_ns: since_ms * 1_000_000,
-                })
-                .collect(),
+            cooldowns: cooldowns(ds, now_ms),
         }
     }
+}
+
+/// The datastore's live cooldowns, as written.
+fn cooldowns(ds: &Datastore, now_ms: u64) -> Vec<Cooldown> {
+    ds.cooldowns(now_ms)
+        .into_iter()
+        .map(|(ipv4, since_ms)| Cooldown {
+            ipv4,
+            released_ns: since_ms * 1_000_000,
+        })
+        .collect()
 }
 
 /// One allocation as written, borrowed from the datastore; serialises exactly as
@@ -129,14 +133,7 @@ fn view(ds: &Datastore, now_ms: u64) -> CheckpointRef<'_> {
                 metadata,
             })
             .collect(),
-        cooldowns: ds
-            .cooldowns(now_ms)
-            .into_iter()
-            .map(|(ipv4, since_ms)| Cooldown {
-                ipv4,
-                released_ns: since_ms * 1_000_000,
-            })
-            .collect(),
+        cooldowns: cooldowns(ds, now_ms),
     }
 }
 

@@ -24,6 +24,21 @@ pub struct Timing {
     pub imds_lag_ms: u64,
 }
 
+impl Timing {
+    /// Fast but non-zero transitions, for tests and `make demo --timing quick`: callers must
+    /// still poll, as on EC2.
+    pub fn quick() -> Timing {
+        Timing {
+            attach_ms: 50,
+            detach_ms: 50,
+            create_ms: 30,
+            modify_ms: 50,
+            snapshot_ms: 50,
+            imds_lag_ms: 100,
+        }
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Timing {

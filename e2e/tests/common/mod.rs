@@ -26,14 +26,7 @@ pub async fn up(nodes: usize, timing: Timing) -> (Vpcsim, tempfile::TempDir) {
 
 /// Fast but non-zero transitions: callers must poll, as on EC2.
 pub fn quick() -> Timing {
-    Timing {
-        attach_ms: 50,
-        detach_ms: 50,
-        create_ms: 30,
-        modify_ms: 50,
-        snapshot_ms: 50,
-        imds_lag_ms: 100,
-    }
+    Timing::quick()
 }
 
 /// Runs `f` on a thread inside namespace `ns` with its own current-thread runtime, so every

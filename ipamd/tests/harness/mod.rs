@@ -116,14 +116,7 @@ impl Ipamd {
 
 /// Fast but non-zero vpcsim transitions: callers still poll, as on EC2.
 pub fn quick_timing() -> e2e::sim::Timing {
-    e2e::sim::Timing {
-        attach_ms: 50,
-        detach_ms: 50,
-        create_ms: 30,
-        modify_ms: 50,
-        snapshot_ms: 50,
-        imds_lag_ms: 100,
-    }
+    e2e::sim::Timing::quick()
 }
 
 /// `vpc-cni` next to the `ipamd` binary (`cargo test --workspace` builds both).
