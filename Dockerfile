@@ -21,7 +21,7 @@ RUN --mount=type=cache,target=/target --mount=type=cache,target=/usr/local/cargo
     if [ -z "${CARGO_HTTP_CAINFO}" ]; then unset CARGO_HTTP_CAINFO; fi; \
     cargo build --locked --profile ipamd -p nodewire-ipamd -p nodewire-csi --bin ipamd --bin ebs-csi; \
     triple=$(rustc -vV | sed -n 's/^host: //p'); \
-    RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+    RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C link-arg=-Wl,-z,max-page-size=0x200000" \
       cargo build --locked --profile cni -p nodewire-cni --bin vpc-cni --target "$triple"; \
     mkdir -p /out; \
     cp /target/ipamd/ipamd /target/ipamd/ebs-csi "/target/$triple/cni/vpc-cni" /out/

@@ -75,6 +75,16 @@ fn assert_wired(w: &World, ip: &str, result: &Value, table: Option<u32>) {
     );
     assert_eq!(veth["mtu"], 1500);
     assert_eq!(veth["ifalias"], "c1/eth0", "tagged with its attachment");
+    // One queue each way on both ends, allocated so (not trimmed after registration, which
+    // waits for an RCU grace period under the RTNL lock).
+    for (ns, dev) in [(&w.host, VETH), (&w.pod, "eth0")] {
+        let d = ns.ip_json(&["-d", "link", "show", "dev", dev]);
+        assert_eq!(
+            (&d[0]["num_tx_queues"], &d[0]["num_rx_queues"]),
+            (&json!(1), &json!(1)),
+            "{dev}'s queues"
+        );
+    }
     assert_eq!(
         w.host.routes("main"),
         vec![format!("{ip} dev {VETH} scope link")]

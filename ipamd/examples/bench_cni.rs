@@ -4,8 +4,9 @@
 //! netns and building the DEL config with prevResult are not. Both plugins run in a network
 //! namespace of their own (ptp's in a throwaway "host" namespace, since it turns on the host's
 //! ip_forward). Prints median and p99 per case and the ratio ours/ptp, and the stripped size of
-//! the vpc-cni binary. vpc-cni is the static release build (what ships, `make cni-static`); ipamd
-//! and this driver are `perf`.
+//! the vpc-cni binary. vpc-cni is the static release build (what ships, `make cni-static`),
+//! exec'd from where `vpc-cni install` put it (ptp and host-local copied alike); ipamd and this
+//! driver are `perf`.
 //!
 //! DEL cost note: vpc-cni's DEL removes rules, route and the address but leaves the veth to the
 //! runtime's netns deletion, which the kernel finishes asynchronously (as upstream does); ptp
@@ -42,6 +43,8 @@ struct Plugin {
     host_ns: String,
     conf: Value,
     args: fn(usize) -> String,
+    /// CNI_PATH: where its IPAM plugin is (ptp's host-local).
+    cni_path: PathBuf,
     /// The IPAM daemon whose CPU time counts for this plugin (ours: ipamd; ptp has none).
     ipamd_pid: Option<u32>,
 }
@@ -50,8 +53,19 @@ fn pod_ns(tag: &str, plugin: &str, i: usize) -> String {
     format!("{tag}-{plugin}{i}")
 }
 
-/// Execs the plugin from the current thread (which is inside the plugin's host namespace).
-fn exec(p: &Plugin, cmd: &str, i: usize, netns: &str, conf: &Value) -> (Duration, Value) {
+/// One exec's outcome: wall time, the result JSON, and the child's CPU time (user + system).
+struct Exec {
+    took: Duration,
+    result: Value,
+    cpu: Duration,
+}
+
+/// Execs the plugin from the current thread (which is inside the plugin's host namespace) and
+/// reaps it with wait4, for its own CPU time.
+// The child is reaped by that wait4, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn exec(p: &Plugin, cmd: &str, i: usize, netns: &str, conf: &Value) -> Exec {
+    use std::io::Read;
     let body = conf.to_string();
     let start = Instant::now();
     let mut child = Command::new(&p.bin)
@@ -60,7 +74,7 @@ fn exec(p: &Plugin, cmd: &str, i: usize, netns: &str, conf: &Value) -> (Duration
         .env("CNI_CONTAINERID", format!("bench-{i}"))
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
+        .env("CNI_PATH", &p.cni_path)
         .env("CNI_ARGS", (p.args)(i))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -73,17 +87,43 @@ fn exec(p: &Plugin, cmd: &str, i: usize, netns: &str, conf: &Value) -> (Duration
         .expect("stdin")
         .write_all(body.as_bytes())
         .expect("config");
-    let out = child.wait_with_output().expect("plugin");
+    // Both outputs are small (well under a pipe's buffer): read one, then the other.
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut out)
+        .expect("plugin stdout");
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_end(&mut err)
+        .expect("plugin stderr");
+    let mut status = 0;
+    // SAFETY: wait4 writes only the status and rusage it is given; the child is ours and not
+    // waited for elsewhere (std's Child never reaps on drop).
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru);
+        assert_eq!(pid, child.id() as libc::pid_t, "wait4 on the plugin");
+        ru
+    };
     let took = start.elapsed();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out);
     assert!(
-        out.status.success(),
-        "{} {cmd} pod {i} failed: {text} {}",
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{} {cmd} pod {i} failed ({status:#x}): {text} {}",
         p.name,
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&err)
     );
-    let v = serde_json::from_str(&text).unwrap_or(Value::Null);
-    (took, v)
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Exec {
+        took,
+        result: serde_json::from_str(&text).unwrap_or(Value::Null),
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+    }
 }
 
 /// CPU time spent so far, in ms: by this process's waited-for children (the plugin execs), by
@@ -96,14 +136,8 @@ struct Cpu {
 }
 
 impl Cpu {
+    /// ipamd's and the machine's CPU so far; `plugin` is summed from the execs (wait4).
     fn now(ipamd: Option<u32>) -> Cpu {
-        // SAFETY: getrusage only writes the struct it is given.
-        let children = unsafe {
-            let mut ru: libc::rusage = std::mem::zeroed();
-            libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
-            ru
-        };
-        let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let ipamd = ipamd
@@ -137,61 +171,90 @@ impl Cpu {
             * 1e3
             / hz;
         Cpu {
-            plugin: tv(children.ru_utime) + tv(children.ru_stime),
+            plugin: 0.0,
             ipamd,
             machine,
         }
     }
 
-    fn per_pod_since(self, before: Cpu, pods: usize) -> Cpu {
+    /// Per pod since `before`; `plugin_ms` is the execs' summed CPU over the same pods.
+    fn per_pod_since(self, before: Cpu, plugin_ms: f64, pods: usize) -> Cpu {
         let n = pods.max(1) as f64;
         Cpu {
-            plugin: (self.plugin - before.plugin) / n,
+            plugin: plugin_ms / n,
             ipamd: (self.ipamd - before.ipamd) / n,
             machine: (self.machine - before.machine) / n,
         }
     }
 }
 
-/// One phase: `par` threads, each inside the plugin's host netns, over pods 0..pods.
+/// What one plugin got out of a phase: sorted exec times and CPU per pod.
+struct Outcome {
+    times: Vec<Duration>,
+    cpu: Cpu,
+}
+
+/// One phase: `par` threads, each inside the plugins' host netns, over pods 0..pods. With two
+/// plugins (A/B runs) each pod index is run by both, in alternating order, so both see the
+/// same machine at the same moment; ipamd and machine CPU are then shared by the two (reported
+/// as half each) while the plugin's own CPU is still its own (wait4).
 fn phase(
-    p: &Plugin,
+    plugins: &[&Plugin],
     tag: &str,
     par: usize,
     cmd: &'static str,
-    results: &Arc<Mutex<Vec<Value>>>,
+    results: &[Arc<Mutex<Vec<Value>>>],
     pods: usize,
-) -> (Vec<Duration>, Cpu) {
-    let cpu = Cpu::now(p.ipamd_pid);
+) -> Vec<Outcome> {
+    let n = plugins.len();
+    let cpu = Cpu::now(plugins[0].ipamd_pid);
     let window = Window::start();
     let next = Arc::new(AtomicUsize::new(0));
-    let times = Arc::new(Mutex::new(Vec::with_capacity(pods)));
+    // Per plugin: exec times and summed exec CPU.
+    let times = Arc::new(Mutex::new(vec![
+        (Vec::with_capacity(pods), Duration::ZERO);
+        n
+    ]));
+    let host_ns = plugins[0].host_ns.clone();
+    assert!(
+        plugins.iter().all(|p| p.host_ns == host_ns),
+        "interleaved plugins share one host netns"
+    );
     let threads: Vec<_> = (0..par)
         .map(|_| {
-            let (p, next, times, results) =
-                (p.clone(), next.clone(), times.clone(), results.clone());
+            let plugins: Vec<Plugin> = plugins.iter().map(|p| (*p).clone()).collect();
+            let results = results.to_vec();
+            let (next, times, host_ns) = (next.clone(), times.clone(), host_ns.clone());
             let tag = tag.to_string();
             std::thread::spawn(move || {
-                let host = std::fs::File::open(netns::path(&p.host_ns)).expect("host netns");
+                let host = std::fs::File::open(netns::path(&host_ns)).expect("host netns");
                 nix::sched::setns(&host, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= pods {
                         break;
                     }
-                    let ns = pod_ns(&tag, p.name, i);
-                    let path = netns::path(&ns).display().to_string();
-                    if cmd == "ADD" {
-                        netns::create(&ns).expect("pod netns");
-                        let (t, r) = exec(&p, "ADD", i, &path, &p.conf);
-                        results.lock().expect("results")[i] = r;
-                        times.lock().expect("times").push(t);
-                    } else {
-                        let mut conf = p.conf.clone();
-                        conf["prevResult"] = results.lock().expect("results")[i].clone();
-                        let (t, _) = exec(&p, "DEL", i, &path, &conf);
-                        times.lock().expect("times").push(t);
-                        netns::delete(&ns).expect("pod netns delete");
+                    for j in 0..n {
+                        // Alternate who goes first, so neither always follows the other.
+                        let k = if i % 2 == 0 { j } else { n - 1 - j };
+                        let p = &plugins[k];
+                        let ns = pod_ns(&tag, p.name, i);
+                        let path = netns::path(&ns).display().to_string();
+                        let e = if cmd == "ADD" {
+                            netns::create(&ns).expect("pod netns");
+                            let e = exec(p, "ADD", i, &path, &p.conf);
+                            results[k].lock().expect("results")[i] = e.result.clone();
+                            e
+                        } else {
+                            let mut conf = p.conf.clone();
+                            conf["prevResult"] = results[k].lock().expect("results")[i].clone();
+                            let e = exec(p, "DEL", i, &path, &conf);
+                            netns::delete(&ns).expect("pod netns delete");
+                            e
+                        };
+                        let mut t = times.lock().expect("times");
+                        t[k].0.push(e.took);
+                        t[k].1 += e.cpu;
                     }
                 }
             })
@@ -200,10 +263,19 @@ fn phase(
     for t in threads {
         t.join().expect("bench thread");
     }
-    let mut v = std::mem::take(&mut *times.lock().expect("times"));
-    v.sort();
-    window.end(&format!("{} {cmd} {par}-way", p.name));
-    (v, Cpu::now(p.ipamd_pid).per_pod_since(cpu, pods))
+    let names: Vec<_> = plugins.iter().map(|p| p.name).collect();
+    window.end(&format!("{} {cmd} {par}-way", names.join("+")));
+    let shared = Cpu::now(plugins[0].ipamd_pid);
+    let per = std::mem::take(&mut *times.lock().expect("times"));
+    per.into_iter()
+        .map(|(mut v, exec_cpu)| {
+            v.sort();
+            let mut c = shared.per_pod_since(cpu, exec_cpu.as_secs_f64() * 1e3, pods);
+            c.ipamd /= n as f64;
+            c.machine /= n as f64;
+            Outcome { times: v, cpu: c }
+        })
+        .collect()
 }
 
 /// BENCH_CNI_PHASES=1: each phase's CLOCK_MONOTONIC window on stderr, to cut a system-wide
@@ -249,28 +321,87 @@ struct Row {
 /// run is ~10% slower (page cache, ipamd's and the kernel's first allocations), whichever plugin
 /// has it.
 fn warm_up(p: &Plugin, tag: &str) {
-    let results = Arc::new(Mutex::new(vec![Value::Null; PODS]));
+    let results = [Arc::new(Mutex::new(vec![Value::Null; PODS]))];
     let tag = format!("{tag}w");
-    phase(p, &tag, 1, "ADD", &results, WARM_UP);
-    phase(p, &tag, 1, "DEL", &results, WARM_UP);
+    phase(&[p], &tag, 1, "ADD", &results, WARM_UP);
+    phase(&[p], &tag, 1, "DEL", &results, WARM_UP);
 }
 
-fn run_case(ours: &Plugin, ptp: &Plugin, tag: &str, par: usize, rows: &mut Vec<Row>) {
-    let mut add = Vec::new();
-    let mut del = Vec::new();
-    for p in [ours, ptp] {
-        let results = Arc::new(Mutex::new(vec![Value::Null; PODS]));
-        add.push(phase(p, tag, par, "ADD", &results, PODS));
-        del.push(phase(p, tag, par, "DEL", &results, PODS));
-    }
+/// One case (ADD then DEL of PODS pods, `par` at a time) for both plugins: one after the
+/// other (ours vs ptp), or interleaved pod by pod (`interleave`: two builds of ours).
+fn run_case(
+    ours: &Plugin,
+    other: &Plugin,
+    tag: &str,
+    par: usize,
+    interleave: bool,
+    rows: &mut Vec<Row>,
+) {
+    let fresh = || Arc::new(Mutex::new(vec![Value::Null; PODS]));
+    // Interleaved, both builds' pods exist at once: half as many each keeps the node's count
+    // (and ipamd's pool) where a plain run has it.
+    let pods = if interleave { PODS / 2 } else { PODS };
+    let (add, del): (Vec<Outcome>, Vec<Outcome>) = if interleave {
+        let results = [fresh(), fresh()];
+        let add = phase(&[ours, other], tag, par, "ADD", &results, pods);
+        let del = phase(&[ours, other], tag, par, "DEL", &results, pods);
+        (add, del)
+    } else {
+        let (mut add, mut del) = (Vec::new(), Vec::new());
+        for p in [ours, other] {
+            let results = [fresh()];
+            add.extend(phase(&[p], tag, par, "ADD", &results, PODS));
+            del.extend(phase(&[p], tag, par, "DEL", &results, PODS));
+        }
+        (add, del)
+    };
     for (name, t) in [("ADD", &add), ("DEL", &del)] {
         rows.push(Row {
-            case: format!("{name} x{PODS}, {par}-way"),
-            ours: (pct(&t[0].0, 0.5), pct(&t[0].0, 0.99)),
-            ptp: (pct(&t[1].0, 0.5), pct(&t[1].0, 0.99)),
-            cpu: [t[0].1, t[1].1],
+            case: format!("{name} x{pods}, {par}-way"),
+            ours: (pct(&t[0].times, 0.5), pct(&t[0].times, 0.99)),
+            ptp: (pct(&t[1].times, 0.5), pct(&t[1].times, 0.99)),
+            cpu: [t[0].cpu, t[1].cpu],
         });
     }
+}
+
+/// Where the runtime execs plugins from, filled the way a node's is: ours by `vpc-cni install`
+/// (as the DaemonSet does), ptp and host-local by the same one-write copy. Not the build output
+/// itself: a freshly linked file sits in the page cache as 4 KiB pages, an installed one in
+/// large folios (2 MiB here), which the kernel maps in far fewer, cheaper faults: the same
+/// vpc-cni bytes start ~12% faster installed. Both plugins get the installed kind.
+fn install_ours(bin: &Path, dir: &Path, socket: &Path) -> PathBuf {
+    let out = Command::new(bin)
+        .arg("install")
+        .arg("--bin-dir")
+        .arg(dir)
+        .arg("--conf-dir")
+        .arg(dir.join("net.d"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["--wait-timeout", "60"])
+        .env_remove("CNI_COMMAND")
+        .output()
+        .expect("vpc-cni install");
+    assert!(
+        out.status.success(),
+        "vpc-cni install into {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("vpc-cni")
+}
+
+/// A Debian plugin copied into `dir` in one write, as `vpc-cni install` copies ours.
+fn install_copy(src: &Path, dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let name = src.file_name().expect("plugin file name");
+    let dest = dir.join(name);
+    std::fs::create_dir_all(dir).expect("plugin dir");
+    let bytes = std::fs::read(src).expect("plugin binary");
+    std::fs::write(&dest, bytes).expect("plugin copy");
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dest
 }
 
 /// A tmpfs mounted for the run, unmounted (and its directory removed) on drop, panics included.
@@ -360,7 +491,7 @@ async fn main() {
     netns::create(&ptp_host).expect("ptp host netns");
     let ours = Plugin {
         name: "ours",
-        bin: ours_bin.clone(),
+        bin: install_ours(&ours_bin, &dir.path().join("bin-ours"), &ipamd.socket),
         host_ns: node.netns.clone(),
         conf: json!({
             "cniVersion": "1.0.0", "name": "nodewire", "type": "vpc-cni", "mtu": 1500,
@@ -368,11 +499,14 @@ async fn main() {
             "logFile": log.clone().unwrap_or_default(), "logLevel": if log.is_some() { "debug" } else { "info" },
         }),
         args: |i| format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{i}"),
+        cni_path: dir.path().join("bin-ours"),
         ipamd_pid: Some(ipamd.child.id()),
     };
+    let ptp_dir = dir.path().join("bin-ptp");
+    install_copy(Path::new("/usr/lib/cni/host-local"), &ptp_dir);
     let ptp = Plugin {
         name: "ptp",
-        bin: ptp_bin,
+        bin: install_copy(&ptp_bin, &ptp_dir),
         host_ns: ptp_host.clone(),
         conf: json!({
             "cniVersion": "1.0.0", "name": "test-ptp", "type": "ptp", "ipMasq": false, "mtu": 1500,
@@ -381,12 +515,14 @@ async fn main() {
                       "dataDir": dir.path().join("ipam") },
         }),
         args: |_| String::new(),
+        cni_path: ptp_dir,
         ipamd_pid: None,
     };
 
     // BENCH_CNI_AB=<another vpc-cni>: that build takes ptp's place (same ipamd, same run), so
     // the ratio column compares two builds of ours; for telling small changes from this
-    // machine's run-to-run noise.
+    // machine's run-to-run noise. The two run pod by pod in turn (100 pods each), not one
+    // phase after the other: this machine's speed drifts by 10-20% over seconds.
     let ab = std::env::var_os("BENCH_CNI_AB").is_some();
     let ptp = match std::env::var_os("BENCH_CNI_AB") {
         Some(b) => {
@@ -394,9 +530,13 @@ async fn main() {
                 "BENCH_CNI_AB: the ptp columns are {}",
                 Path::new(&b).display()
             );
+            let b_dir = dir.path().join("bin-oursb");
             Plugin {
                 name: "oursb",
-                bin: PathBuf::from(b),
+                bin: install_ours(Path::new(&b), &b_dir, &ipamd.socket),
+                cni_path: b_dir,
+                // Its own pod names: the host veth is named after the pod.
+                args: |i| format!("K8S_POD_NAMESPACE=benchb;K8S_POD_NAME=pod-{i}"),
                 ..ours.clone()
             }
         }
@@ -411,7 +551,7 @@ async fn main() {
     warm_up(&ours, &tag);
     warm_up(&ptp, &tag);
     for par in pars {
-        run_case(&ours, &ptp, &tag, par, &mut rows);
+        run_case(&ours, &ptp, &tag, par, ab, &mut rows);
         ipamd.wait_free(200).await;
     }
     println!("vpc-cni vs Debian ptp+host-local, {PODS} pods per case (ms; plugin exec only)");

@@ -424,7 +424,8 @@ impl<C: Cloud> Ipamd<C> {
             waiter.as_mut().enable();
             {
                 let mut st = self.state.lock().await;
-                match st.ds.assign(key, meta, now_ms()) {
+                let now = now_ms();
+                match st.ds.assign(key, meta, now) {
                     Ok(a) => {
                         st.has_served = true;
                         if !a.existing
@@ -433,8 +434,15 @@ impl<C: Cloud> Ipamd<C> {
                             st.ds.forget(key);
                             return Err(e.into());
                         }
+                        // The reconciler only when this address took the pool below its
+                        // target: an ADD can shrink a surplus but never make one, and waking
+                        // it on every ADD costs a cross-thread wake-up and a plan over the
+                        // whole pool while the plugin is still wiring the pod.
+                        let short = pool::shortage(&st.ds.stats(now), self.target, &self.limits);
                         drop(st);
-                        self.wake.notify_one();
+                        if short > 0 {
+                            self.wake.notify_one();
+                        }
                         return Ok(a);
                     }
                     Err(AssignError::Empty { .. }) => {

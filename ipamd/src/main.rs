@@ -158,18 +158,24 @@ async fn run(cfg: Config, interval: Duration) -> Result<()> {
             })?;
         tokio::spawn(axum::serve(l, ipamd::observe::introspection(ipamd.clone())).into_future());
     }
-    let stopper = ipamd.clone();
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("stopping: no new allocations, finishing in-flight calls");
-        stopper.stop();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let mut served = ipamd::server::spawn_serve(ipamd.clone(), listener, stopped);
+    let early = tokio::select! {
+        _ = term.recv() => None,
+        _ = int.recv() => None,
+        r = &mut served => Some(r),
     };
-    ipamd::server::serve(ipamd.clone(), listener, shutdown)
+    if let Some(r) = early {
+        // The server ended by itself: that is a failure, whatever it says.
+        r.unwrap_or(Err(ipamd::server::ServeError::Died))?;
+        anyhow::bail!("the gRPC server stopped on its own");
+    }
+    tracing::info!("stopping: no new allocations, finishing in-flight calls");
+    ipamd.stop();
+    let _ = stop.send(());
+    served
         .await
-        .context("gRPC server")?;
+        .unwrap_or(Err(ipamd::server::ServeError::Died))?;
     let _ = reconciler.await;
     let _ = std::fs::remove_file(&ipamd.cfg.socket);
     Ok(())
