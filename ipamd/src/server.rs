@@ -142,10 +142,8 @@ impl<C: Cloud> Ipam for Service<C> {
     }
 }
 
-/// Binds the unix socket (replacing a stale one) with mode 0600. A std listener: it is served
-/// by [`spawn_serve`]'s runtime, not the one that binds it (clients that connect before ipamd
-/// has rebuilt its state wait in the backlog).
-pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+/// Binds the unix socket (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -153,63 +151,9 @@ pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let l = std::os::unix::net::UnixListener::bind(path)?;
-    l.set_nonblocking(true)?;
+    let l = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("starting the gRPC server thread: {0}")]
-    Start(std::io::Error),
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("the gRPC server thread died")]
-    Died,
-}
-
-/// Serves the socket from a thread of its own with a single-threaded runtime, until `stop`
-/// fires (or its sender is dropped); in-flight calls finish first. The returned receiver gets
-/// the outcome when serving ends.
-///
-/// Why a thread of its own: on the daemon's multi-threaded runtime every connection (one per
-/// CNI call) hopped threads three times (the I/O driver's worker wakes the accepting thread,
-/// which hands the connection to a worker), each a futex wake-up and, on a busy 2-vCPU node,
-/// a wait for a core while the plugin is creating the pod's veth. Here the thread that
-/// accepts also reads, answers and writes, and CNI calls never queue behind the reconciler.
-pub fn spawn_serve<C: Cloud>(
-    ipamd: Arc<Ipamd<C>>,
-    listener: std::os::unix::net::UnixListener,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) -> tokio::sync::oneshot::Receiver<Result<(), ServeError>> {
-    let (done, outcome) = tokio::sync::oneshot::channel();
-    let started = std::thread::Builder::new()
-        .name("cni-server".into())
-        .spawn(move || {
-            let r = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(ServeError::Start)
-                .and_then(|rt| {
-                    rt.block_on(async {
-                        let l = tokio::net::UnixListener::from_std(listener)
-                            .map_err(ServeError::Start)?;
-                        serve(ipamd, l, async {
-                            let _ = stop.await;
-                        })
-                        .await
-                        .map_err(ServeError::from)
-                    })
-                });
-            let _ = done.send(r);
-        });
-    if let Err(e) = started {
-        let (done, failed) = tokio::sync::oneshot::channel();
-        let _ = done.send(Err(ServeError::Start(e)));
-        return failed;
-    }
-    outcome
 }
 
 /// Serves until `shutdown` resolves; in-flight calls finish first.
