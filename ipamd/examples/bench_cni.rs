@@ -447,24 +447,34 @@ fn install_copy(src: &Path, dir: &Path) -> PathBuf {
 }
 
 /// A tmpfs mounted for the run, unmounted (and its directory removed) on drop, panics included.
-struct Tmpfs(PathBuf);
+/// `ours`: the directory is the run's own and goes too; otherwise (a system directory mounted
+/// over) it stays.
+struct Tmpfs {
+    dir: PathBuf,
+    ours: bool,
+}
 
 impl Tmpfs {
-    fn mount(dir: &Path) -> Tmpfs {
+    fn mount(dir: &Path, ours: bool) -> Tmpfs {
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=64m", "nodewire-bench"])
             .arg(dir)
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "mounting a tmpfs on {}", dir.display());
-        Tmpfs(dir.to_path_buf())
+        Tmpfs {
+            dir: dir.to_path_buf(),
+            ours,
+        }
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        if self.ours {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -495,7 +505,13 @@ async fn main() {
     // ipamd's checkpoint on tmpfs, as /var/run is on a node (here /run may be on disk: mount one).
     let run_dir = PathBuf::from(format!("/run/nodewire-bench-{}", std::process::id()));
     std::fs::create_dir_all(&run_dir).expect("run dir");
-    let _tmpfs = Tmpfs::mount(&run_dir);
+    let _tmpfs = Tmpfs::mount(&run_dir, true);
+    // Pod namespaces are pinned under /run/netns, a tmpfs on a node (/run) but the root disk on
+    // this machine: creating and deleting a namespace file there is ext4 work (journal, directory
+    // search) that 8 plugins at a time compete with for the CPU. A tmpfs over it for the run
+    // (namespaces made before it, none of ours, are hidden meanwhile).
+    std::fs::create_dir_all(netns::NETNS_DIR).expect("netns dir");
+    let _netns_tmpfs = Tmpfs::mount(Path::new(netns::NETNS_DIR), false);
     let dir = tempfile::tempdir().expect("tempdir");
 
     let sim = Vpcsim::start(Options {
