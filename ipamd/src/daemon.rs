@@ -436,8 +436,8 @@ impl<C: Cloud> Ipamd<C> {
                         }
                         // The reconciler only when this address took the pool below its
                         // target: an ADD can shrink a surplus but never make one, and waking
-                        // it on every ADD costs a cross-thread wake-up and a plan over the
-                        // whole pool while the plugin is still wiring the pod.
+                        // it on every ADD costs a plan over the whole pool on ipamd's one
+                        // thread while the plugin is still wiring the pod.
                         let short = pool::shortage(&st.ds.stats(now), self.target, &self.limits);
                         drop(st);
                         if short > 0 {
