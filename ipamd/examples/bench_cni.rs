@@ -126,8 +126,9 @@ fn exec(p: &Plugin, cmd: &str, i: usize, netns: &str, conf: &Value) -> Exec {
     }
 }
 
-/// CPU time spent so far, in ms: by this process's waited-for children (the plugin execs), by
-/// ipamd, and by the whole machine (every busy state of /proc/stat, kernel threads included).
+/// CPU time in ms: of the plugin execs (each reaped with wait4), of ipamd (its threads'
+/// schedstat), and of the whole machine (every busy state of /proc/stat, kernel threads
+/// included); [`Cpu::now`] reads the last two, a phase sums the first.
 #[derive(Clone, Copy, Default)]
 struct Cpu {
     plugin: f64,
@@ -195,8 +196,7 @@ struct Outcome {
     cpu: Cpu,
 }
 
-/// One phase: `par` threads over the pods in `pods`, each exec from inside its plugin's host
-/// netns.
+/// One phase: `par` threads over pods 0..pods, each exec from inside its plugin's host netns.
 /// With two plugins each pod index is run by both, in alternating order, so both see the same
 /// machine at the same moment; the machine's CPU is then shared by the two (reported as half
 /// each), ipamd's by the plugins that use it, and each plugin's own CPU is still its own (wait4).
@@ -206,15 +206,14 @@ fn phase(
     par: usize,
     cmd: &'static str,
     results: &[Arc<Mutex<Vec<Value>>>],
-    range: std::ops::Range<usize>,
+    pods: usize,
 ) -> Vec<Outcome> {
-    let pods = range.len();
     let n = plugins.len();
     let ipamd_pid = plugins.iter().find_map(|p| p.ipamd_pid);
     let ipamd_users = plugins.iter().filter(|p| p.ipamd_pid.is_some()).count();
     let cpu = Cpu::now(ipamd_pid);
     let window = Window::start();
-    let next = Arc::new(AtomicUsize::new(range.start));
+    let next = Arc::new(AtomicUsize::new(0));
     // Per plugin: exec times and summed exec CPU.
     let times = Arc::new(Mutex::new(vec![
         (Vec::with_capacity(pods), Duration::ZERO);
@@ -234,7 +233,7 @@ fn phase(
                 let mut inside = None;
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= range.end {
+                    if i >= pods {
                         break;
                     }
                     for j in 0..n {
@@ -335,8 +334,8 @@ struct Row {
 fn warm_up(p: &Plugin, tag: &str) {
     let results = [Arc::new(Mutex::new(vec![Value::Null; PODS]))];
     let tag = format!("{tag}w");
-    phase(&[p], &tag, 1, "ADD", &results, 0..WARM_UP);
-    phase(&[p], &tag, 1, "DEL", &results, 0..WARM_UP);
+    phase(&[p], &tag, 1, "ADD", &results, WARM_UP);
+    phase(&[p], &tag, 1, "DEL", &results, WARM_UP);
 }
 
 /// Waits (up to 2 s) until the machine is nearly idle: the kernel work a phase left behind
@@ -382,18 +381,18 @@ fn run_case(ours: &Plugin, other: &Plugin, tag: &str, par: usize, rows: &mut Vec
     let (add, del): (Vec<Outcome>, Vec<Outcome>) = if both_ours {
         let results = [fresh(), fresh()];
         quiesce();
-        let add = phase(&[ours, other], tag, par, "ADD", &results, 0..pods);
+        let add = phase(&[ours, other], tag, par, "ADD", &results, pods);
         quiesce();
-        let del = phase(&[ours, other], tag, par, "DEL", &results, 0..pods);
+        let del = phase(&[ours, other], tag, par, "DEL", &results, pods);
         (add, del)
     } else {
         let (mut add, mut del) = (Vec::new(), Vec::new());
         for p in [ours, other] {
             let results = [fresh()];
             quiesce();
-            add.extend(phase(&[p], tag, par, "ADD", &results, 0..PODS));
+            add.extend(phase(&[p], tag, par, "ADD", &results, PODS));
             quiesce();
-            del.extend(phase(&[p], tag, par, "DEL", &results, 0..PODS));
+            del.extend(phase(&[p], tag, par, "DEL", &results, PODS));
         }
         (add, del)
     };
