@@ -156,22 +156,7 @@ impl Cpu {
                     / 1e6
             })
             .unwrap_or(0.0);
-        let machine = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| {
-                let f: Vec<f64> = s
-                    .lines()
-                    .next()?
-                    .split_whitespace()
-                    .skip(1)
-                    .filter_map(|v| v.parse().ok())
-                    .collect();
-                // user nice system idle iowait irq softirq steal: busy = all but idle, iowait.
-                Some(f.iter().take(8).sum::<f64>() - f.get(3)? - f.get(4)?)
-            })
-            .unwrap_or(0.0)
-            * 1e3
-            / hz;
+        let machine = machine_ticks().map_or(0.0, |(busy, _)| busy) * 1e3 / hz;
         Cpu {
             plugin: 0.0,
             ipamd,
@@ -338,27 +323,34 @@ fn warm_up(p: &Plugin, tag: &str) {
     phase(&[p], &tag, 1, "DEL", &results, WARM_UP);
 }
 
+/// The whole machine's busy and total clock ticks so far (/proc/stat's first line: user nice
+/// system idle iowait irq softirq steal; busy is all but idle and iowait).
+fn machine_ticks() -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<f64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: f64 = f.iter().take(8).sum();
+    Some((total - f.get(3)? - f.get(4)?, total))
+}
+
 /// Waits (up to 2 s) until the machine is nearly idle: the kernel work a phase left behind
 /// (veth teardown, address configuration, netns cleanup in kernel workers) is finished before
 /// the next phase starts, so each plugin is timed with its own aftermath only.
 fn quiesce() {
-    let busy_total = || -> Option<(f64, f64)> {
-        let s = std::fs::read_to_string("/proc/stat").ok()?;
-        let f: Vec<f64> = s
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        let total: f64 = f.iter().take(8).sum();
-        Some((total - f.get(3)? - f.get(4)?, total))
-    };
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
-        let Some((b0, t0)) = busy_total() else { return };
+        let Some((b0, t0)) = machine_ticks() else {
+            return;
+        };
         std::thread::sleep(Duration::from_millis(50));
-        let Some((b1, t1)) = busy_total() else { return };
+        let Some((b1, t1)) = machine_ticks() else {
+            return;
+        };
         if t1 > t0 && (b1 - b0) / (t1 - t0) < 0.05 {
             return;
         }
