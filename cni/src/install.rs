@@ -183,13 +183,26 @@ pub async fn run(i: Install) -> anyhow::Result<()> {
         "vpc-cni installed"
     );
     if i.stay {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        // Blocked by `block_stop_signals` before the runtime started; nothing else runs here.
+        let sig = stop_signals().wait()?;
+        tracing::info!(signal = %sig, "stopping");
     }
     Ok(())
+}
+
+/// What ends `--stay`: the kubelet's SIGTERM, or ^C.
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut s = SigSet::empty();
+    s.add(Signal::SIGTERM);
+    s.add(Signal::SIGINT);
+    s
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (and the threads it starts afterwards), so
+/// that `--stay` can wait for them with sigwait. Call it before any other thread exists.
+pub fn block_stop_signals() -> nix::Result<()> {
+    stop_signals().thread_block()
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 
 pub mod install;
 pub mod ipam;
+pub mod log;
 pub mod net;
 pub mod plugin;
 pub mod spec;
@@ -24,7 +25,6 @@ use std::io::{Read, Write};
 /// Sends `tracing` output to the config's log file (created if needed), or warnings and worse
 /// to stderr, which the runtime logs.
 fn init_logging(conf: &spec::NetConf) {
-    use tracing_subscriber::fmt;
     let level = match conf.log_level {
         spec::LogLevel::Error => tracing::Level::ERROR,
         spec::LogLevel::Warn => tracing::Level::WARN,
@@ -41,18 +41,12 @@ fn init_logging(conf: &spec::NetConf) {
             .open(p)
             .ok()
     });
-    let _ = match file {
-        Some(f) => fmt()
-            .with_max_level(level)
-            .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(f))
-            .try_init(),
-        None => fmt()
-            .with_max_level(level.min(tracing::Level::WARN))
-            .with_ansi(false)
-            .with_writer(std::io::stderr)
-            .try_init(),
-    };
+    match file {
+        Some(f) => log::Logger::new(level, Box::new(f)).install(),
+        None => {
+            log::Logger::new(level.min(tracing::Level::WARN), Box::new(std::io::stderr())).install()
+        }
+    }
 }
 
 /// One plugin invocation: what to print on stdout and the exit status.
@@ -74,6 +68,14 @@ pub fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (String, i3
         Err(e) => return fail(e),
     };
     init_logging(&conf);
+    // ADD starts its netlink work before the runtime exists (see `plugin::start_add`).
+    let add_start = match env.command {
+        Command::Add => match plugin::start_add(&env, &conf) {
+            Ok(s) => Some(s),
+            Err(e) => return fail(e),
+        },
+        _ => None,
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -86,7 +88,7 @@ pub fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (String, i3
             ));
         }
     };
-    match rt.block_on(plugin::run(&env, &conf)) {
+    match rt.block_on(plugin::run(&env, &conf, add_start)) {
         Ok(Some(v)) => (v.to_string(), 0),
         Ok(None) => (String::new(), 0),
         Err(e) => {

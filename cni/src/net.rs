@@ -4,12 +4,12 @@
 //! The veth is made with ONE request from the host netns: the host end is created here, the peer
 //! directly in the pod netns (`IFLA_NET_NS_FD`), so nothing is moved between namespaces (a move
 //! costs ~19 ms of rtnl/RCU time; the whole ADD here is well under a millisecond of netlink).
-//! ADD sends its requests in batches ([`Batch`]): one datagram per step, which the kernel runs in
-//! order and answers message by message, so the wiring costs four round trips, not sixteen. The
-//! first batch (create the pair, look up the host end) goes out on a blocking socket from a
-//! thread of its own, so the kernel's work on it overlaps the ipamd call ([`create_veth`]).
+//! ADD sends its requests in batches ([`Batch`]): one datagram per step, which the kernel runs
+//! in order and answers message by message, so the wiring costs three round trips, not
+//! sixteen. The first (creating the veth pair) is sent from a thread of its own
+//! ([`start_veth`]), so the kernel's work on it overlaps the ipamd call on the runtime's thread.
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use netlink_packet_route::neighbour::{
@@ -91,7 +91,7 @@ pub fn host() -> Result<Handle, NetError> {
 }
 
 /// Opens the pod netns file (`NoNetns` when it is gone).
-fn open_netns(netns: &str) -> Result<File, NetError> {
+pub fn open_netns(netns: &str) -> Result<File, NetError> {
     match File::open(netns) {
         Ok(f) => Ok(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -122,27 +122,6 @@ pub fn pod(netns: &str) -> Result<(File, Handle), NetError> {
     let (conn, h, _) = made.map_err(io("opening a netlink socket in the pod netns"))?;
     tokio::spawn(conn);
     Ok((ns, h))
-}
-
-/// The pod netns file and a batching netlink connection inside it (ADD's).
-pub fn pod_batch(netns: &str) -> Result<(File, Batch), NetError> {
-    let ns = open_netns(netns)?;
-    let b = in_netns(&ns, netns, Batch::open)??;
-    Ok((ns, b))
-}
-
-/// A netlink connection that sends several requests in one datagram. The kernel runs them in
-/// order, answering each (every request carries `NLM_F_ACK`), and a failed one does not stop
-/// the rest, so a batch is built so that a later step failing after an earlier one is harmless.
-///
-/// Answers are matched to requests by sequence number. The connection numbers messages 1, 2, …
-/// in the order they are submitted (netlink-proto's counter), and only this type submits on it,
-/// so it mirrors that counter; ACKs close a request without being passed on, so arrival order
-/// alone cannot say which request an answer is for.
-pub struct Batch {
-    h: rtnetlink::proto::ConnectionHandle<RouteNetlinkMessage>,
-    /// The sequence number of the last message submitted.
-    last_seq: std::sync::Mutex<u32>,
 }
 
 /// One request of a batch.
@@ -180,45 +159,128 @@ impl Req {
     }
 }
 
+/// A blocking netlink socket that sends several requests in one datagram. The kernel runs them
+/// in order inside the send, answering each (every request carries `NLM_F_ACK`), and a failed
+/// one does not stop the rest, so a batch is built so that a later step failing after an earlier
+/// one is harmless. Answers are matched to requests by sequence number (this socket's own
+/// counter). ADD's netlink work is a few such batches ([`start_veth`], [`Pair::wire`]): no
+/// async connection, no netlink task, no polling.
+pub struct Batch {
+    sock: rtnetlink::sys::Socket,
+    /// The sequence number of the last message sent.
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+/// A batch sent and not yet answered ([`Batch::send`], [`Batch::answers`]).
+pub struct Sent {
+    base: u32,
+    n: usize,
+    answers: Answers,
+}
+
+/// The answers to a batch: each request's replies, in request order.
+pub type Made = Vec<Vec<RouteNetlinkMessage>>;
+
+/// The largest answer a batch reads; a look-up of one link is ~1.5 KiB, an ACK 36 bytes.
+const ANSWER_BUF: usize = 32 * 1024;
+
 impl Batch {
-    /// A connection in the current netns.
+    /// A socket in the current netns (a socket's netns is fixed when it is made).
     pub fn open() -> Result<Batch, NetError> {
-        let (conn, h, _) =
-            rtnetlink::proto::new_connection(rtnetlink::sys::protocols::NETLINK_ROUTE)
-                .map_err(io("opening a netlink socket"))?;
-        tokio::spawn(conn);
+        let mut sock = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
+            .map_err(io("opening a netlink socket"))?;
+        sock.bind_auto().map_err(io("binding a netlink socket"))?;
+        sock.connect(&rtnetlink::sys::SocketAddr::new(0, 0))
+            .map_err(io("connecting a netlink socket"))?;
         Ok(Batch {
-            h,
-            last_seq: std::sync::Mutex::new(0),
+            sock,
+            seq: 0,
+            buf: Vec::new(),
         })
     }
 
-    /// Sends `reqs` in one datagram; returns each request's replies, or the first error that
-    /// is not tolerated (every request has been answered by then).
-    pub async fn run(&self, reqs: Vec<Req>) -> Result<Vec<Vec<RouteNetlinkMessage>>, NetError> {
-        let (msgs, mut answers) = Answers::prepare(reqs);
+    /// Sends `reqs` in one datagram (the kernel has done the work when this returns).
+    pub fn send(&mut self, reqs: Vec<Req>) -> Result<Sent, NetError> {
+        let (msgs, answers) = Answers::prepare(reqs);
         let n = msgs.len();
-        let (base, mut replies) = {
-            // Invariant: the lock is only held around the submission below, which cannot panic.
-            let mut last = self.last_seq.lock().expect("netlink sequence counter");
-            let replies = self
-                .h
-                .request_batch(msgs, rtnetlink::sys::SocketAddr::new(0, 0))
-                .map_err(|e| NetError::Missing(format!("the netlink connection is gone: {e}")))?;
-            let base = last.wrapping_add(1);
-            *last = last.wrapping_add(n as u32);
-            (base, replies)
-        };
-        while let Some(m) = replies.next().await {
-            let i = m.header.sequence_number.wrapping_sub(base) as usize;
-            answers.file(i, m.payload);
+        let base = self.seq.wrapping_add(1);
+        self.seq = self.seq.wrapping_add(n as u32);
+        self.buf.clear();
+        for (i, mut m) in msgs.into_iter().enumerate() {
+            m.header.sequence_number = base.wrapping_add(i as u32);
+            m.finalize();
+            let at = self.buf.len();
+            self.buf.resize(at + m.buffer_len(), 0);
+            m.serialize(&mut self.buf[at..]);
+            // Messages in a datagram start on 4-byte boundaries (NLMSG_ALIGN).
+            self.buf.resize(self.buf.len().next_multiple_of(4), 0);
+        }
+        self.sock
+            .send(&self.buf, 0)
+            .map_err(io("sending netlink requests"))?;
+        Ok(Sent { base, n, answers })
+    }
+
+    /// Reads the answers to `sent` until every request is acknowledged or has failed; each
+    /// request's replies, or the first error that its request does not tolerate. None of the
+    /// requests may be a dump.
+    pub fn answers(&mut self, sent: Sent) -> Result<Made, NetError> {
+        let Sent {
+            base,
+            n,
+            mut answers,
+        } = sent;
+        let mut answered = vec![false; n];
+        let mut left = n;
+        while left > 0 {
+            self.buf.clear();
+            self.buf.reserve(ANSWER_BUF);
+            // MSG_TRUNC: the datagram's real length, to tell a cut-off answer.
+            let len = self
+                .sock
+                .recv(&mut self.buf, libc::MSG_TRUNC)
+                .map_err(io("reading netlink answers"))?;
+            if len > self.buf.len() {
+                return Err(NetError::Missing(format!(
+                    "a netlink answer of {len} bytes did not fit in {} bytes",
+                    self.buf.len()
+                )));
+            }
+            let data = &self.buf[..len];
+            let mut at = 0;
+            while at + 16 <= data.len() {
+                // nlmsg_len, the first field of every message's header.
+                let mlen = u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
+                    as usize;
+                if mlen < 16 || at + mlen > data.len() {
+                    break;
+                }
+                // An answer that does not parse is skipped, as netlink-proto does.
+                if let Ok(m) =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[at..at + mlen])
+                {
+                    let i = m.header.sequence_number.wrapping_sub(base) as usize;
+                    if answers.file(i, m.payload) && i < n && !answered[i] {
+                        answered[i] = true;
+                        left -= 1;
+                    }
+                }
+                at += mlen.next_multiple_of(4);
+            }
         }
         answers.finish()
+    }
+
+    /// [`Batch::send`] then [`Batch::answers`].
+    pub fn run(&mut self, reqs: Vec<Req>) -> Result<Made, NetError> {
+        let sent = self.send(reqs)?;
+        self.answers(sent)
     }
 }
 
 /// A batch's answers as they arrive: each request's replies, and the first error that its
-/// request does not tolerate. Shared by [`Batch::run`] and [`run_blocking`].
+/// request does not tolerate.
 struct Answers {
     out: Vec<Vec<RouteNetlinkMessage>>,
     meta: Vec<(String, Tolerate)>,
@@ -395,72 +457,191 @@ fn alias_of(attrs: &[LinkAttribute]) -> String {
 
 /// The veth pair ADD makes (the address comes from ipamd meanwhile).
 #[derive(Debug, Clone)]
-pub struct Plan<'a> {
-    pub host_veth: &'a str,
+pub struct Plan {
+    pub host_veth: String,
     pub host_mac: [u8; 6],
+    /// The pod end's MAC, chosen here (as the kernel would: random, locally administered) so
+    /// ADD need not look the pod end up to report it.
+    pub pod_mac: [u8; 6],
     /// The host veth's alias: the attachment it serves (`nodewire_proto::veth_alias`).
-    pub alias: &'a str,
-    pub pod_ifname: &'a str,
+    pub alias: String,
+    pub pod_ifname: String,
     pub mtu: u32,
 }
 
 /// The veth pair, created; `pod_mac` is the pod end's MAC.
+#[derive(Debug, Clone)]
 pub struct Veth {
     pub host_index: u32,
     pub pod_index: u32,
     pub pod_mac: Vec<u8>,
 }
 
-/// Creates the veth pair: the host end here, the pod end inside `ns`, both down (the kernel
-/// refuses to bring a veth end up before its peer exists: ENOTCONN). A stale host link of the
-/// same name (a pod recreated under its old name), or the pod's interface left by an earlier
-/// ADD, is deleted first. Two round trips: create + look up the host end, look up the pod end.
-pub async fn create_veth(
-    host: &Batch,
-    pod: &Batch,
-    ns: &File,
-    p: &Plan<'_>,
-) -> Result<Veth, NetError> {
-    // The first try runs on a thread of its own: creating the pair is ~0.5 ms of kernel work
-    // done inside the sending thread's syscall, and meanwhile this thread (the runtime's only
-    // one) talks HTTP/2 to ipamd. The request names the pod netns by fd: the thread owns a
-    // duplicate of it, so the fd stays valid for as long as the thread may send.
-    let ns_fd = ns.try_clone().map_err(io("duplicating the pod netns fd"))?;
-    let reqs = create_reqs(&ns_fd, p);
+/// The veth pair being made on a thread of its own ([`start_veth`]).
+pub struct VethJob(futures::channel::oneshot::Receiver<Result<Pair, NetError>>);
+
+/// The veth pair, made, with a socket in each netns to finish the wiring ([`Pair::wire`]).
+pub struct Pair {
+    pub veth: Veth,
+    /// When the pair was ready (since [`start_veth`]; for the debug log).
+    pub made_at: std::time::Duration,
+    host: Batch,
+    pod: Batch,
+}
+
+/// Starts making the veth pair on a thread of its own, which:
+///
+/// 1. creates the pair with one request from the host netns: the host end here, the pod end
+///    directly inside `ns` (`IFLA_NET_NS_FD`), both down (the kernel refuses to bring a veth
+///    end up before its peer exists: ENOTCONN), and looks the host end up in the same datagram;
+///    its answer also names the pod end's index (IFLA_LINK), so the pod end is not looked up.
+///    A stale host link of the same name (a pod recreated under its old name), or the pod's
+///    interface left by an earlier ADD, is deleted and the pair made again;
+/// 2. sets the host end's IPv6 sysctls ([`host_sysctls`]);
+/// 3. opens a netlink socket in the pod netns (entering it for good: the thread ends here).
+///
+/// Creating the pair is ~0.5 ms of kernel work done inside the sending thread's syscall, and
+/// meanwhile the caller's thread (the async runtime's only one) talks HTTP/2 to ipamd. If any
+/// step fails after the pair was made, the thread deletes it (the pod end goes with it).
+pub fn start_veth(ns: File, netns: String, plan: Plan) -> Result<VethJob, NetError> {
+    let t0 = std::time::Instant::now();
     let (tx, rx) = futures::channel::oneshot::channel();
     std::thread::Builder::new()
         .name("veth".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let made = blocking_socket().and_then(|s| run_blocking(&s, reqs));
-            drop(ns_fd);
-            let _ = tx.send(made);
+            let _ = tx.send(make_pair(&ns, &netns, &plan, t0));
         })
         .map_err(io("starting the veth thread"))?;
-    let first = rx.await.unwrap_or(Err(NetError::ThreadDied));
-    let made = match first {
+    Ok(VethJob(rx))
+}
+
+impl VethJob {
+    /// Waits for the thread.
+    pub async fn wait(self) -> Result<Pair, NetError> {
+        self.0.await.unwrap_or(Err(NetError::ThreadDied))
+    }
+}
+
+impl Pair {
+    /// Wires both sides for `ip` ([`pod_reqs`], [`host_reqs`]): two batches, both sent before
+    /// either is read. `table` is the ENI's route table; main (254) for the primary ENI.
+    pub fn wire(&mut self, ip: Ipv4Addr, table: u32, p: &Plan) -> Result<(), NetError> {
+        let sp = self.pod.send(pod_reqs(&self.veth, p, ip));
+        let sh = self.host.send(host_reqs(&self.veth, p, ip, table));
+        let rp = sp.and_then(|s| self.pod.answers(s));
+        let rh = sh.and_then(|s| self.host.answers(s));
+        rp.and(rh).map(|_| ())
+    }
+
+    /// Deletes the pair (the pod end goes with the host end).
+    pub fn delete(&mut self, p: &Plan) -> Result<(), NetError> {
+        self.host.run(vec![del_link(&p.host_veth)]).map(|_| ())
+    }
+}
+
+fn make_pair(ns: &File, netns: &str, p: &Plan, t0: std::time::Instant) -> Result<Pair, NetError> {
+    let mut host = Batch::open()?;
+    match make_pair_on(&mut host, ns, netns, p) {
+        Ok((veth, pod)) => Ok(Pair {
+            veth,
+            made_at: t0.elapsed(),
+            host,
+            pod,
+        }),
+        Err(e) => {
+            // Whatever was made goes (a missing link is not an error here).
+            let _ = host.run(vec![del_link(&p.host_veth)]);
+            Err(e)
+        }
+    }
+}
+
+fn make_pair_on(
+    host: &mut Batch,
+    ns: &File,
+    netns: &str,
+    p: &Plan,
+) -> Result<(Veth, Batch), NetError> {
+    let mut pod = None;
+    let made = match host.run(create_reqs(ns, p)) {
         Err(NetError::Netlink { source, .. }) if is_exists(&source) => {
             // The host name is taken by a stale veth, or the pod already has the ifname (a
             // repeated ADD). Remove both and try once more.
-            host.run(vec![del_link(p.host_veth)]).await?;
-            pod.run(vec![del_link(p.pod_ifname)]).await?;
-            host.run(create_reqs(ns, p)).await?
+            host.run(vec![del_link(&p.host_veth)])?;
+            let mut b = in_netns(ns, netns, Batch::open)??;
+            b.run(vec![del_link(&p.pod_ifname)])?;
+            pod = Some(b);
+            host.run(create_reqs(ns, p))?
         }
         other => other?,
     };
-    let (host_index, _) = made
+    let (host_index, peer) = made
         .get(1)
-        .and_then(|r| link_reply(r))
+        .and_then(|r| host_end_reply(r))
         .ok_or_else(|| NetError::Missing(format!("host veth {} vanished", p.host_veth)))?;
-    let got = pod.run(vec![get_link(p.pod_ifname)]).await?;
-    let (pod_index, pod_mac) = got.first().and_then(|r| link_reply(r)).ok_or_else(|| {
-        NetError::Missing(format!("pod interface {} did not appear", p.pod_ifname))
-    })?;
-    Ok(Veth {
+    host_sysctls(&p.host_veth)?;
+    let mut pod = match pod {
+        Some(b) => b,
+        None => {
+            // For good: nothing after this needs the host netns but the host socket, whose
+            // netns was fixed when it was made, and the thread ends here.
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io(format!("entering netns {netns}"))(e.into()))?;
+            Batch::open()?
+        }
+    };
+    let (pod_index, pod_mac) = match peer {
+        Some(i) => (i, p.pod_mac.to_vec()),
+        // IFLA_LINK is left out when the peer's index equals the host end's (each netns counts
+        // on its own), and is 0 if the pod end is already gone: ask the pod netns.
+        None => {
+            let got = pod.run(vec![get_link(&p.pod_ifname)])?;
+            got.first().and_then(|r| link_reply(r)).ok_or_else(|| {
+                NetError::Missing(format!("pod interface {} did not appear", p.pod_ifname))
+            })?
+        }
+    };
+    let veth = Veth {
         host_index,
         pod_index,
         pod_mac,
+    };
+    Ok((veth, pod))
+}
+
+/// (host end's index, its peer's index) from the look-up after the create: a veth reports its
+/// peer's index as IFLA_LINK when it differs from its own and the peer exists.
+fn host_end_reply(replies: &[RouteNetlinkMessage]) -> Option<(u32, Option<u32>)> {
+    replies.iter().find_map(|r| match r {
+        RouteNetlinkMessage::NewLink(l) => Some((
+            l.header.index,
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Link(i) if *i != 0 => Some(*i),
+                _ => None,
+            }),
+        )),
+        _ => None,
     })
+}
+
+/// The host veth's IPv6 sysctls, as upstream sets them before bringing it up: no router
+/// advertisements taken from a pod, redirects accepted, no forwarding. A kernel without IPv6
+/// has no such files (not an error). Written from the host netns (/proc/sys/net is the
+/// writer's netns).
+pub fn host_sysctls(host_veth: &str) -> Result<(), NetError> {
+    for (k, val) in [
+        ("accept_ra", "0"),
+        ("accept_redirects", "1"),
+        ("forwarding", "0"),
+    ] {
+        let f = format!("/proc/sys/net/ipv6/conf/{host_veth}/{k}");
+        match std::fs::write(&f, val) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(f)(e)),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Creating the pair (host end here, peer in `ns`) and looking up the host end.
@@ -470,15 +651,16 @@ pub async fn create_veth(
 /// one, and trimming TX queues on a registered device waits for an expedited RCU grace period
 /// under the RTNL lock: twice per pair, ~0.15 ms each here, and it stalls every other netlink
 /// user on the node meanwhile.
-fn create_reqs(ns: &File, p: &Plan<'_>) -> Vec<Req> {
+fn create_reqs(ns: &File, p: &Plan) -> Vec<Req> {
     let peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(p.pod_ifname.to_string())
         .mtu(p.mtu)
+        .address(p.pod_mac.to_vec())
         .setns_by_fd(ns.as_raw_fd())
         .append_extra_attribute(LinkAttribute::NumTxQueues(1))
         .append_extra_attribute(LinkAttribute::NumRxQueues(1))
         .build();
-    let veth = LinkVeth::new(p.host_veth, "unused")
+    let veth = LinkVeth::new(&p.host_veth, "unused")
         .mtu(p.mtu)
         .address(p.host_mac.to_vec())
         .append_extra_attribute(LinkAttribute::NumTxQueues(1))
@@ -491,75 +673,14 @@ fn create_reqs(ns: &File, p: &Plan<'_>) -> Vec<Req> {
             CREATE,
             "creating the veth pair",
         ),
-        get_link(p.host_veth),
+        get_link(&p.host_veth),
     ]
-}
-
-/// A blocking netlink socket in the current netns, connected to the kernel.
-fn blocking_socket() -> Result<rtnetlink::sys::Socket, NetError> {
-    let mut s = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
-        .map_err(io("opening a netlink socket"))?;
-    s.bind_auto().map_err(io("binding a netlink socket"))?;
-    s.connect(&rtnetlink::sys::SocketAddr::new(0, 0))
-        .map_err(io("connecting a netlink socket"))?;
-    Ok(s)
-}
-
-/// [`Batch::run`] on a blocking socket (its own sequence numbers, 1..=n): one datagram out,
-/// then answers until every request is acknowledged or has failed. Every request asks for an
-/// ACK (so each one ends with an ACK or an error); none may be a dump (this is for ADD's first
-/// batch only: a create and a look-up by name).
-fn run_blocking(
-    sock: &rtnetlink::sys::Socket,
-    reqs: Vec<Req>,
-) -> Result<Vec<Vec<RouteNetlinkMessage>>, NetError> {
-    let (msgs, mut answers) = Answers::prepare(reqs);
-    let n = msgs.len();
-    let mut buf = Vec::new();
-    for (i, mut m) in msgs.into_iter().enumerate() {
-        // (Not masking the dump bits: for a NEW request the same bits are EXCL and REPLACE.)
-        m.header.flags |= NLM_F_ACK;
-        m.header.sequence_number = i as u32 + 1;
-        m.finalize();
-        let at = buf.len();
-        buf.resize(at + m.buffer_len(), 0);
-        m.serialize(&mut buf[at..]);
-        // Messages in a datagram start on 4-byte boundaries (NLMSG_ALIGN).
-        buf.resize(buf.len().next_multiple_of(4), 0);
-    }
-    sock.send(&buf, 0).map_err(io("sending netlink requests"))?;
-    let mut answered = vec![false; n];
-    let mut left = n;
-    while left > 0 {
-        let (data, _) = sock
-            .recv_from_full()
-            .map_err(io("reading netlink answers"))?;
-        let mut at = 0;
-        while at + 16 <= data.len() {
-            // nlmsg_len, the first field of every message's header.
-            let len =
-                u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
-            if len < 16 || at + len > data.len() {
-                break;
-            }
-            // An answer that does not parse is skipped, as netlink-proto does for `Batch`.
-            if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[at..at + len]) {
-                let i = (m.header.sequence_number as usize).wrapping_sub(1);
-                if answers.file(i, m.payload) && i < n && !answered[i] {
-                    answered[i] = true;
-                    left -= 1;
-                }
-            }
-            at += len.next_multiple_of(4);
-        }
-    }
-    answers.finish()
 }
 
 /// Inside the pod, one batch: the interface up, `<ip>/32`, `169.254.1.1 scope link`,
 /// `default via 169.254.1.1`, and the gateway's permanent neighbour entry pointing at the host
 /// veth's MAC.
-pub async fn setup_pod(pod: &Batch, v: &Veth, p: &Plan<'_>, ip: Ipv4Addr) -> Result<(), NetError> {
+pub fn pod_reqs(v: &Veth, p: &Plan, ip: Ipv4Addr) -> Vec<Req> {
     let up = LinkUnspec::new_with_index(v.pod_index).up().build();
     let mut addr = AddressMessage::default();
     addr.header.family = AddressFamily::Inet;
@@ -590,7 +711,7 @@ pub async fn setup_pod(pod: &Batch, v: &Veth, p: &Plan<'_>, ip: Ipv4Addr) -> Res
     neigh
         .attributes
         .push(NeighbourAttribute::LinkLayerAddress(p.host_mac.to_vec()));
-    pod.run(vec![
+    vec![
         Req::new(
             RouteNetlinkMessage::SetLink(up),
             PLAIN,
@@ -616,33 +737,15 @@ pub async fn setup_pod(pod: &Batch, v: &Veth, p: &Plan<'_>, ip: Ipv4Addr) -> Res
             REPLACE,
             "adding the gateway's neighbour entry",
         ),
-    ])
-    .await?;
-    Ok(())
+    ]
 }
 
-/// On the host: IPv6 off for the veth (sysctls), then one batch: the veth up and tagged with its
-/// attachment (the kernel ignores IFLA_IFALIAS at creation), `<ip>/32 dev <veth>` in main, rule
-/// `to <ip> lookup main` (512) and, for a secondary ENI, `from <ip> lookup <table>` (1536).
+/// On the host (the veth's sysctls were set when it was made), one batch: the veth up and
+/// tagged with its attachment (the kernel ignores IFLA_IFALIAS at creation), `<ip>/32 dev
+/// <veth>` in main, rule `to <ip> lookup main` (512) and, for a secondary ENI, `from <ip>
+/// lookup <table>` (1536).
 /// `table` is the ENI's route table; main (254) for the primary ENI.
-pub async fn setup_host(
-    host: &Batch,
-    v: &Veth,
-    p: &Plan<'_>,
-    ip: Ipv4Addr,
-    table: u32,
-) -> Result<(), NetError> {
-    for (k, val) in [
-        ("accept_ra", "0"),
-        ("accept_redirects", "1"),
-        ("forwarding", "0"),
-    ] {
-        let f = format!("/proc/sys/net/ipv6/conf/{}/{k}", p.host_veth);
-        match std::fs::write(&f, val) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(f)(e)),
-            _ => {}
-        }
-    }
+pub fn host_reqs(v: &Veth, p: &Plan, ip: Ipv4Addr, table: u32) -> Vec<Req> {
     let mut up = LinkUnspec::new_with_index(v.host_index).up().build();
     up.attributes
         .push(LinkAttribute::IfAlias(p.alias.to_string()));
@@ -680,8 +783,7 @@ pub async fn setup_host(
             .tolerating(is_exists),
         );
     }
-    host.run(reqs).await?;
-    Ok(())
+    reqs
 }
 
 fn rule_prio(r: &RuleMessage) -> Option<u32> {

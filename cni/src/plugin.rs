@@ -47,10 +47,18 @@ fn pod_ref(env: &Env) -> PodRef {
     }
 }
 
-/// Runs one command; `Some(result)` is printed on stdout.
-pub async fn run(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {
+/// Runs one command; `Some(result)` is printed on stdout. ADD has been started
+/// ([`start_add`]) before the runtime was built.
+pub async fn run(
+    env: &Env,
+    conf: &NetConf,
+    add_start: Option<AddStart>,
+) -> Result<Option<Value>, CniError> {
     match env.command {
-        Command::Add => add(env, conf).await.map(Some),
+        Command::Add => match add_start {
+            Some(s) => add(env, conf, s).await.map(Some),
+            None => add(env, conf, start_add(env, conf)?).await.map(Some),
+        },
         Command::Del => del(env, conf).await.map(|_| None),
         Command::Check => check(env, conf).await.map(|_| None),
         Command::Gc => gc(conf).await.map(|_| None),
@@ -59,38 +67,62 @@ pub async fn run(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {
     }
 }
 
-fn random_mac() -> Result<[u8; 6], CniError> {
-    use std::io::Read;
-    let mut b = [0u8; 6];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| CniError::new(Code::Io, format!("reading /dev/urandom: {e}")))?;
-    Ok(spec::local_mac(b))
+/// Two random locally administered unicast MACs: the host veth's and the pod end's.
+fn random_macs() -> Result<([u8; 6], [u8; 6]), CniError> {
+    let mut b = [0u8; 12];
+    let mut got = 0;
+    while got < b.len() {
+        // SAFETY: getrandom writes at most the given length into the buffer it is given.
+        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(CniError::new(Code::Io, format!("getrandom: {e}")));
+            }
+        } else {
+            got += n as usize;
+        }
+    }
+    let (mut h, mut p) = ([0u8; 6], [0u8; 6]);
+    h.copy_from_slice(&b[..6]);
+    p.copy_from_slice(&b[6..]);
+    Ok((spec::local_mac(h), spec::local_mac(p)))
 }
 
-async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
+/// ADD's first steps, taken before the async runtime is built: the pod netns is opened (a
+/// missing sandbox must not cost an address) and the veth pair started on a thread of its own
+/// (`net::start_veth`), so the kernel builds it while this thread starts the runtime and asks
+/// ipamd for the address.
+pub struct AddStart {
+    veth: net::VethJob,
+    plan: Plan,
+    t0: std::time::Instant,
+}
+
+pub fn start_add(env: &Env, conf: &NetConf) -> Result<AddStart, CniError> {
     let t0 = std::time::Instant::now();
-    let host_veth = spec::host_veth_name(&conf.veth_prefix, env);
-    let alias = nodewire_proto::veth_alias(&env.container_id, &env.ifname);
-    let host_mac = random_mac()?;
-    // The netns first: a missing sandbox must not cost an address.
-    let (ns, pod) = net::pod_batch(&env.netns)?;
-    let host = net::Batch::open()?;
-    let k = key(env, conf);
+    let (host_mac, pod_mac) = random_macs()?;
+    let ns = net::open_netns(&env.netns)?;
     let plan = Plan {
-        host_veth: &host_veth,
+        host_veth: spec::host_veth_name(&conf.veth_prefix, env),
         host_mac,
-        alias: &alias,
-        pod_ifname: &env.ifname,
+        pod_mac,
+        alias: nodewire_proto::veth_alias(&env.container_id, &env.ifname),
+        pod_ifname: env.ifname.clone(),
         mtu: conf.mtu,
     };
-    // ipamd picks the address while the kernel builds the veth pair: neither needs the other,
-    // and they are the two slowest steps (ipamd works in its own process; the pair is created
-    // on a thread of its own, see `net::create_veth`, so this thread is free for HTTP/2).
-    let (mut t_ask, mut t_veth) = (Duration::ZERO, Duration::ZERO);
+    let veth = net::start_veth(ns, env.netns.clone(), plan.clone())?;
+    Ok(AddStart { veth, plan, t0 })
+}
+
+async fn add(env: &Env, conf: &NetConf, start: AddStart) -> Result<Value, CniError> {
+    let AddStart { veth, plan, t0 } = start;
+    let host_veth = &plan.host_veth;
+    let k = key(env, conf);
+    // ipamd picks the address while the veth thread builds the pair.
     let ask = async {
         let mut ipamd = Ipamd::connect(&conf.ipamd_socket, CONNECT_TIMEOUT).await?;
-        let r = ipamd
+        ipamd
             .add(AddRequest {
                 key: Some(k.clone()),
                 pod: Some(pod_ref(env)),
@@ -98,31 +130,24 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
                 host_ifname: host_veth.clone(),
                 client_version: 0,
             })
-            .await;
-        t_ask = t0.elapsed();
-        r
+            .await
     };
-    let make_veth = async {
-        let v = net::create_veth(&host, &pod, &ns, &plan).await;
-        t_veth = t0.elapsed();
-        v
-    };
-    let (reply, veth) = tokio::join!(ask, make_veth);
-    let t_both = t0.elapsed();
-    let reply = match reply {
+    let reply = match ask.await {
         Ok(r) => r,
         Err(e) => {
-            // No address: the veth made meanwhile goes (its pod end with it), also when making
-            // it failed halfway (after the pair was created).
-            if let Ok(h) = net::host() {
-                let _ = net::delete_link(&h, &host_veth).await;
+            // No address: the pair made meanwhile goes (its pod end with it). (If making it
+            // failed, the veth thread has already deleted what it made.)
+            if let Ok(mut pair) = veth.wait().await {
+                let _ = pair.delete(&plan);
             }
             return Err(e);
         }
     };
+    let t_ask = t0.elapsed();
+    let made = veth.wait().await;
     let release = |why: CniError| async {
         if let Ok(host) = net::host() {
-            let _ = net::delete_link(&host, &host_veth).await;
+            let _ = net::delete_link(&host, host_veth).await;
             if let Ok(ip) = reply.ipv4.parse::<Ipv4Addr>() {
                 let _ = net::teardown_host(&host, ip).await;
             }
@@ -150,26 +175,16 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     } else {
         reply.route_table
     };
-    let wired = async {
-        let v = veth?;
-        // The two sides are independent: both batches are in flight at once.
-        let (p, h) = tokio::join!(
-            net::setup_pod(&pod, &v, &plan, ip),
-            net::setup_host(&host, &v, &plan, ip, table)
-        );
-        p.and(h)?;
-        Ok::<_, NetError>(v)
-    }
-    .await;
+    let wired = made.and_then(|mut pair| pair.wire(ip, table, &plan).map(|()| pair));
     match wired {
-        Ok(v) => {
-            tracing::debug!(?t_ask, ?t_veth, ?t_both, total = ?t0.elapsed(), "ADD timings (cumulative: address and veth, all)");
+        Ok(pair) => {
+            tracing::debug!(?t_ask, t_veth = ?pair.made_at, total = ?t0.elapsed(), "ADD timings (since the netns was opened: address, veth, all)");
             tracing::info!(%ip, table, veth = %host_veth, container = %env.container_id, "ADD");
             let w = Wired {
                 host_veth: host_veth.clone(),
-                host_mac: spec::mac_string(&host_mac),
+                host_mac: spec::mac_string(&plan.host_mac),
                 pod_ifname: env.ifname.clone(),
-                pod_mac: spec::mac_string(&v.pod_mac),
+                pod_mac: spec::mac_string(&pair.veth.pod_mac),
                 netns: env.netns.clone(),
                 ip,
                 mtu: conf.mtu,

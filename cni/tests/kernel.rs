@@ -527,38 +527,37 @@ fn batched_netlink_answers_go_to_their_requests() {
     std::thread::spawn(move || {
         let f = std::fs::File::open(&path).expect("netns");
         nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let b = Batch::open().expect("netlink");
-            for _ in 0..3 {
-                // Replies land at their request's position, across runs on one connection.
-                let r = b
-                    .run(vec![
-                        get_link("dummy7"),
-                        del_link("absent0"),
-                        get_link("lo"),
-                    ])
-                    .await
-                    .expect("batch");
-                assert_eq!(r.len(), 3);
-                assert_eq!(link_reply(&r[2]).map(|(i, _)| i), Some(1), "lo is 1");
-                assert!(link_reply(&r[0]).is_some_and(|(i, _)| i > 1));
-                assert!(r[1].is_empty(), "a tolerated ENODEV");
-            }
-            // The error names the request that failed, not its neighbours.
-            let e = b
+        let mut b = Batch::open().expect("netlink");
+        for _ in 0..3 {
+            // Replies land at their request's position, across runs on one socket.
+            let r = b
                 .run(vec![
-                    get_link("lo"),
-                    get_link("absent1"),
                     get_link("dummy7"),
+                    del_link("absent0"),
+                    get_link("lo"),
                 ])
-                .await
-                .expect_err("absent1 fails");
-            assert!(e.to_string().contains("looking up link absent1"), "{e}");
-        });
+                .expect("batch");
+            assert_eq!(r.len(), 3);
+            assert_eq!(link_reply(&r[2]).map(|(i, _)| i), Some(1), "lo is 1");
+            assert!(link_reply(&r[0]).is_some_and(|(i, _)| i > 1));
+            assert!(r[1].is_empty(), "a tolerated ENODEV");
+        }
+        // Two batches in flight, read in turn.
+        let s1 = b.send(vec![get_link("lo")]).expect("send");
+        let s2 = b.send(vec![get_link("dummy7")]).expect("send");
+        let r1 = b.answers(s1).expect("first");
+        let r2 = b.answers(s2).expect("second");
+        assert_eq!(link_reply(&r1[0]).map(|(i, _)| i), Some(1));
+        assert!(link_reply(&r2[0]).is_some_and(|(i, _)| i > 1));
+        // The error names the request that failed, not its neighbours.
+        let e = b
+            .run(vec![
+                get_link("lo"),
+                get_link("absent1"),
+                get_link("dummy7"),
+            ])
+            .expect_err("absent1 fails");
+        assert!(e.to_string().contains("looking up link absent1"), "{e}");
     })
     .join()
     .expect("batch test thread");
