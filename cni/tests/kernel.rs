@@ -127,6 +127,12 @@ fn assert_wired(w: &World, ip: &str, result: &Value, table: Option<u32>) {
             .expect("state")
             .contains(&json!("PERMANENT"))
     );
+    // ADD takes the pod end's index from the host end's IFLA_LINK, which the kernel leaves
+    // out when both ends have the same index (in their own netns each), and then looks it up.
+    match veth.get("link_index") {
+        Some(peer) => assert_eq!(peer, &eth0["ifindex"], "the host end's peer"),
+        None => assert_eq!(veth["ifindex"], eth0["ifindex"], "same index, no IFLA_LINK"),
+    }
     // The result names both ends and the address.
     assert_eq!(result["interfaces"][0]["name"], VETH);
     assert_eq!(result["interfaces"][0]["mac"], mac);
@@ -152,6 +158,9 @@ fn add_then_del_on_the_primary_eni() {
     assert_eq!(r["cniVersion"], "1.0.0");
     assert_wired(&w, "10.0.1.20", &r, None);
     assert_eq!(w.ipamd.calls(), vec![format!("add c1 eth0 {VETH}")]);
+    // Fresh namespaces: both ends got index 2, so this ADD looked the pod end up.
+    let idx = |ns: &Ns, dev: &str| ns.link(dev).expect("link")["ifindex"].clone();
+    assert_eq!(idx(&w.host, VETH), idx(&w.pod, "eth0"));
 
     // CHECK passes on what ADD built.
     let (ok, e) = run(&w.call("CHECK", w.with_prev("1.0.0", &r)));
@@ -205,6 +214,11 @@ fn add_then_del_on_the_primary_eni() {
 #[test]
 fn add_then_del_on_a_secondary_eni() {
     let w = world("sec", "10.0.2.33", 3);
+    // Two links on the host first: the host end's index is not the pod end's, so ADD takes
+    // the pod end's from the host end's IFLA_LINK.
+    sh(&[
+        "ip", "-n", &w.host.0, "link", "add", "d1", "type", "veth", "peer", "name", "d2",
+    ]);
     let (ok, r) = run(&w.call("ADD", w.conf("1.1.0")));
     assert!(ok, "{r}");
     assert_eq!(
@@ -212,6 +226,12 @@ fn add_then_del_on_a_secondary_eni() {
         "1.1.0 results carry the MTU"
     );
     assert_wired(&w, "10.0.2.33", &r, Some(3));
+    let veth = w.host.link(VETH).expect("host veth");
+    assert!(veth.get("link_index").is_some(), "{veth}");
+    assert_ne!(
+        veth["ifindex"],
+        w.pod.link("eth0").expect("eth0")["ifindex"]
+    );
     // DEL without prevResult: ipamd removes the host side as it releases the address.
     let (ok, _) = run(&w.call("DEL", w.conf("1.1.0")));
     assert!(ok);
