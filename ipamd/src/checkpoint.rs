@@ -5,6 +5,7 @@
 
 use crate::datastore::{Datastore, Key, PodMeta};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -137,6 +138,110 @@ fn view(ds: &Datastore, now_ms: u64) -> CheckpointRef<'_> {
     }
 }
 
+/// Writes the datastore's checkpoint ([`Checkpoint::of`]) on every change, keeping what makes
+/// that cheap between writes: each allocation's JSON (ipamd writes the whole file on every
+/// ADD and DEL, under its state lock, and at 200 pods re-serialising every allocation was most
+/// of an ADD's checkpoint cost) and the directory's handle, for its fsync. Same bytes as
+/// [`write_datastore`].
+pub struct Writer {
+    path: PathBuf,
+    /// Opened (and created) on the first write; dropped after a failed one.
+    dir: Option<fs::File>,
+    /// Address → the allocation it was serialised for, and its JSON.
+    cache: HashMap<Ipv4Addr, Cached>,
+    generation: u64,
+}
+
+struct Cached {
+    key: Key,
+    meta: PodMeta,
+    since_ms: u64,
+    json: Vec<u8>,
+    /// The last write that used it.
+    generation: u64,
+}
+
+impl Writer {
+    pub fn new(path: &Path) -> Writer {
+        Writer {
+            path: path.to_path_buf(),
+            dir: None,
+            cache: HashMap::new(),
+            generation: 0,
+        }
+    }
+
+    /// Writes `ds` atomically (see [`write_bytes`]).
+    pub fn write(&mut self, ds: &Datastore, now_ms: u64) -> Result<(), Error> {
+        let err = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut body = Vec::with_capacity(256 + 224 * self.cache.len());
+        body.extend_from_slice(b"{\"version\":");
+        serde_json::to_writer(&mut body, VERSION).map_err(|e| err(io::Error::other(e)))?;
+        body.extend_from_slice(b",\"allocations\":[");
+        // Entries used by this write carry its generation; the others are dropped after it.
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let mut used = 0;
+        for (i, (key, meta, ipv4, since_ms)) in ds.allocations_ref().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            match self.cache.get_mut(&ipv4) {
+                Some(c) if c.since_ms == since_ms && &c.key == key && &c.meta == meta => {
+                    c.generation = generation;
+                    body.extend_from_slice(&c.json);
+                }
+                _ => {
+                    let a = AllocationRef {
+                        network: &key.network,
+                        container: &key.container,
+                        ifname: &key.ifname,
+                        ipv4,
+                        allocated_ns: since_ms * 1_000_000,
+                        metadata: meta,
+                    };
+                    let json = serde_json::to_vec(&a).map_err(|e| err(io::Error::other(e)))?;
+                    body.extend_from_slice(&json);
+                    let c = Cached {
+                        key: key.clone(),
+                        meta: meta.clone(),
+                        since_ms,
+                        json,
+                        generation,
+                    };
+                    self.cache.insert(ipv4, c);
+                }
+            }
+            used += 1;
+        }
+        if self.cache.len() > used {
+            self.cache.retain(|_, c| c.generation == generation);
+        }
+        body.push(b']');
+        let cd = cooldowns(ds, now_ms);
+        if !cd.is_empty() {
+            body.extend_from_slice(b",\"cooldowns\":");
+            serde_json::to_writer(&mut body, &cd).map_err(|e| err(io::Error::other(e)))?;
+        }
+        body.push(b'}');
+        if self.dir.is_none() {
+            self.dir = Some(open_dir(&self.path).map_err(err)?);
+        }
+        let written = match &self.dir {
+            Some(d) => write_in(&self.path, d, &body),
+            None => Ok(()),
+        };
+        if written.is_err() {
+            // The directory may have gone: the next write opens (and creates) it again.
+            self.dir = None;
+        }
+        written.map_err(err)
+    }
+}
+
 /// Writes the datastore's checkpoint ([`Checkpoint::of`]) atomically.
 pub fn write_datastore(path: &Path, ds: &Datastore, now_ms: u64) -> Result<(), Error> {
     let v = view(ds, now_ms);
@@ -163,22 +268,37 @@ fn write_bytes(path: &Path, body: &[u8]) -> Result<(), Error> {
         path: path.to_path_buf(),
         source,
     };
+    let dir = open_dir(path).map_err(io)?;
+    write_in(path, &dir, body).map_err(io)
+}
+
+/// The directory `path` is in, created if need be, opened for its fsync.
+fn open_dir(path: &Path) -> io::Result<fs::File> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io)?;
-    let (tmp_path, mut tmp) = tempfile_in(dir, path).map_err(io)?;
+    fs::create_dir_all(dir)?;
+    fs::File::open(dir)
+}
+
+/// A reader sees the old file or the new one, never a mix: a temporary file next to `path`,
+/// fsync'd, renamed over it, then the directory (`dir`) fsync'd.
+fn write_in(path: &Path, dir: &fs::File, body: &[u8]) -> io::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let (tmp_path, mut tmp) = tempfile_in(parent, path)?;
     let written = tmp.write_all(body).and_then(|()| tmp.sync_all());
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp_path);
-        return Err(io(e));
+        return Err(e);
     }
-    fs::rename(&tmp_path, path).map_err(|e| {
+    fs::rename(&tmp_path, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp_path);
-        io(e)
     })?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    dir.sync_all()
 }
 
 fn tempfile_in(dir: &Path, path: &Path) -> io::Result<(PathBuf, fs::File)> {
@@ -264,11 +384,19 @@ mod tests {
     fn borrowed_writer_writes_the_same_bytes_as_the_owned_checkpoint() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        let c = dir.path().join("sub/c.json");
+        let writer = std::cell::RefCell::new(Writer::new(&c));
         let same = |d: &Datastore, now: u64| {
             write(&a, &Checkpoint::of(d, now)).expect("owned");
             write_datastore(&b, d, now).expect("borrowed");
             let (x, y) = (fs::read(&a).expect("a"), fs::read(&b).expect("b"));
             assert_eq!(String::from_utf8_lossy(&x), String::from_utf8_lossy(&y));
+            // The caching writer, fresh and after earlier writes, writes the same bytes.
+            for w in [&mut Writer::new(&c), &mut *writer.borrow_mut()] {
+                w.write(d, now).expect("cached");
+                let z = fs::read(&c).expect("c");
+                assert_eq!(String::from_utf8_lossy(&x), String::from_utf8_lossy(&z));
+            }
             String::from_utf8_lossy(&y).to_string()
         };
         let mut d = ds();
@@ -288,8 +416,25 @@ mod tests {
         }
         let both = same(&d, 3_000);
         assert!(both.contains("pod-1") && both.contains("pod-2") && !both.contains("cooldowns"));
+        // c2's address, cooled down and given to another pod between two writes: written from
+        // the new allocation, not from what the writer kept for c2.
         d.release(&Key::new("aws-cni", "c2", "eth0"), 5_000);
-        assert!(same(&d, 5_000).contains("cooldowns"));
+        let meta = PodMeta {
+            namespace: "default".into(),
+            name: "pod-3".into(),
+            host_ifname: "eni3".into(),
+        };
+        let got = d
+            .assign(&Key::new("aws-cni", "c3", "eth0"), &meta, 40_000)
+            .expect("assign");
+        assert_eq!(got.ip.to_string(), "10.0.0.12", "c2's address again");
+        let after = same(&d, 40_000);
+        assert!(
+            after.contains("pod-3") && !after.contains("pod-2"),
+            "{after}"
+        );
+        d.release(&Key::new("aws-cni", "c3", "eth0"), 41_000);
+        assert!(same(&d, 41_000).contains("cooldowns"));
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub struct Ipamd<C: Cloud> {
     subnet_backoff: Duration,
     /// The security groups new ENIs get: the primary ENI's, followed when they change.
     security_groups: std::sync::Mutex<Vec<String>>,
+    /// Writes the checkpoint; used only with `state` locked.
+    checkpoint: std::sync::Mutex<checkpoint::Writer>,
 }
 
 impl<C: Cloud> Ipamd<C> {
@@ -216,6 +218,7 @@ impl<C: Cloud> Ipamd<C> {
             host,
             subnet_backoff: cfg.subnet_backoff,
             security_groups: std::sync::Mutex::new(node.security_groups.clone()),
+            checkpoint: std::sync::Mutex::new(checkpoint::Writer::new(&cfg.backing_store)),
             target,
             limits,
             node,
@@ -363,12 +366,18 @@ impl<C: Cloud> Ipamd<C> {
                 "checkpoint loaded"
             );
         }
-        checkpoint::write_datastore(&self.cfg.backing_store, &st.ds, now_ms())?;
+        self.persist(&st.ds)?;
         Ok(())
     }
 
+    /// Writes the checkpoint (called with the state lock held, so the writer is never
+    /// contended).
     fn persist(&self, ds: &Datastore) -> Result<(), checkpoint::Error> {
-        checkpoint::write_datastore(&self.cfg.backing_store, ds, now_ms())
+        let mut w = self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.write(ds, now_ms())
     }
 
     /// Why the pool cannot grow right now, if it cannot.
