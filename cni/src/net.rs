@@ -160,10 +160,11 @@ impl Req {
 }
 
 /// A blocking netlink socket that sends several requests in one datagram. The kernel runs them
-/// in order inside the send, answering each (every request carries `NLM_F_ACK`), and a failed
-/// one does not stop the rest, so a batch is built so that a later step failing after an earlier
-/// one is harmless. Answers are matched to requests by sequence number (this socket's own
-/// counter). ADD's netlink work is a few such batches ([`start_veth`], [`Pair::wire`]): no
+/// in order inside the send, and a failed one does not stop the rest, so a batch is built so
+/// that a later step failing after an earlier one is harmless. Only the last request asks for
+/// an ACK: the kernel reports every failure anyway, in order, so once the last request is
+/// answered every earlier one has been (one answer to read per batch, not one per request).
+/// Answers are matched to requests by sequence number (this socket's own counter). ADD's netlink work is a few such batches ([`start_veth`], [`Pair::wire`]): no
 /// async connection, no netlink task, no polling.
 pub struct Batch {
     sock: rtnetlink::sys::Socket,
@@ -209,6 +210,9 @@ impl Batch {
         self.buf.clear();
         for (i, mut m) in msgs.into_iter().enumerate() {
             m.header.sequence_number = base.wrapping_add(i as u32);
+            if i + 1 < n {
+                m.header.flags &= !NLM_F_ACK;
+            }
             m.finalize();
             let at = self.buf.len();
             self.buf.resize(at + m.buffer_len(), 0);
@@ -216,13 +220,15 @@ impl Batch {
             // Messages in a datagram start on 4-byte boundaries (NLMSG_ALIGN).
             self.buf.resize(self.buf.len().next_multiple_of(4), 0);
         }
-        self.sock
-            .send(&self.buf, 0)
-            .map_err(io("sending netlink requests"))?;
+        if n > 0 {
+            self.sock
+                .send(&self.buf, 0)
+                .map_err(io("sending netlink requests"))?;
+        }
         Ok(Sent { base, n, answers })
     }
 
-    /// Reads the answers to `sent` until every request is acknowledged or has failed; each
+    /// Reads the answers to `sent` until the last request is acknowledged or has failed; each
     /// request's replies, or the first error that its request does not tolerate. None of the
     /// requests may be a dump.
     pub fn answers(&mut self, sent: Sent) -> Result<Made, NetError> {
@@ -231,9 +237,8 @@ impl Batch {
             n,
             mut answers,
         } = sent;
-        let mut answered = vec![false; n];
-        let mut left = n;
-        while left > 0 {
+        let mut done = n == 0;
+        while !done {
             self.buf.clear();
             self.buf.reserve(ANSWER_BUF);
             // MSG_TRUNC: the datagram's real length, to tell a cut-off answer.
@@ -261,9 +266,8 @@ impl Batch {
                     NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[at..at + mlen])
                 {
                     let i = m.header.sequence_number.wrapping_sub(base) as usize;
-                    if answers.file(i, m.payload) && i < n && !answered[i] {
-                        answered[i] = true;
-                        left -= 1;
+                    if answers.file(i, m.payload) && i + 1 == n {
+                        done = true;
                     }
                 }
                 at += mlen.next_multiple_of(4);
@@ -492,13 +496,13 @@ pub struct Pair {
 /// Starts making the veth pair on a thread of its own, which:
 ///
 /// 1. creates the pair with one request from the host netns: the host end here, the pod end
-///    directly inside `ns` (`IFLA_NET_NS_FD`), both down (the kernel refuses to bring a veth
-///    end up before its peer exists: ENOTCONN), and looks the host end up in the same datagram;
-///    its answer also names the pod end's index (IFLA_LINK), so the pod end is not looked up.
-///    A stale host link of the same name (a pod recreated under its old name), or the pod's
-///    interface left by an earlier ADD, is deleted and the pair made again;
+///    directly inside `ns` (`IFLA_NET_NS_FD`) with the MAC chosen in `p`, both down (the kernel
+///    refuses to bring a veth end up before its peer exists: ENOTCONN). A stale host link of
+///    the same name (a pod recreated under its old name), or the pod's interface left by an
+///    earlier ADD, is deleted and the pair made again;
 /// 2. sets the host end's IPv6 sysctls ([`host_sysctls`]);
-/// 3. opens a netlink socket in the pod netns (entering it for good: the thread ends here).
+/// 3. opens a netlink socket in the pod netns (entering it for good: the thread ends here);
+///    both ends' indexes are asked by name, one on each side ([`ifindex`]).
 ///
 /// Creating the pair is ~0.5 ms of kernel work done inside the sending thread's syscall, and
 /// meanwhile the caller's thread (the async runtime's only one) talks HTTP/2 to ipamd. If any
@@ -576,12 +580,10 @@ fn make_pair_on(
         }
         other => other?,
     };
-    let (host_index, peer) = made
-        .get(1)
-        .and_then(|r| host_end_reply(r))
-        .ok_or_else(|| NetError::Missing(format!("host veth {} vanished", p.host_veth)))?;
+    drop(made);
+    let host_index = ifindex(&host.sock, &p.host_veth)?;
     host_sysctls(&p.host_veth)?;
-    let mut pod = match pod {
+    let pod = match pod {
         Some(b) => b,
         None => {
             // For good: nothing after this needs the host netns but the host socket, whose
@@ -591,38 +593,41 @@ fn make_pair_on(
             Batch::open()?
         }
     };
-    let (pod_index, pod_mac) = match peer {
-        Some(i) => (i, p.pod_mac.to_vec()),
-        // IFLA_LINK is left out when the peer's index equals the host end's (each netns counts
-        // on its own), and is 0 if the pod end is already gone: ask the pod netns.
-        None => {
-            let got = pod.run(vec![get_link(&p.pod_ifname)])?;
-            got.first().and_then(|r| link_reply(r)).ok_or_else(|| {
-                NetError::Missing(format!("pod interface {} did not appear", p.pod_ifname))
-            })?
-        }
-    };
+    let pod_index = ifindex(&pod.sock, &p.pod_ifname)?;
     let veth = Veth {
         host_index,
         pod_index,
-        pod_mac,
+        pod_mac: p.pod_mac.to_vec(),
     };
     Ok((veth, pod))
 }
 
-/// (host end's index, its peer's index) from the look-up after the create: a veth reports its
-/// peer's index as IFLA_LINK when it differs from its own and the peer exists.
-fn host_end_reply(replies: &[RouteNetlinkMessage]) -> Option<(u32, Option<u32>)> {
-    replies.iter().find_map(|r| match r {
-        RouteNetlinkMessage::NewLink(l) => Some((
-            l.header.index,
-            l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::Link(i) if *i != 0 => Some(*i),
-                _ => None,
-            }),
-        )),
-        _ => None,
-    })
+/// The index of link `name` in the netns of `sock` (SIOCGIFINDEX, what `if_nametoindex` asks):
+/// a name lookup in the kernel, where a netlink look-up would have the kernel describe the
+/// whole link (~1.5 KiB) and us parse it.
+fn ifindex(sock: &impl AsRawFd, name: &str) -> Result<u32, NetError> {
+    let missing = || NetError::Missing(format!("link {name} did not appear"));
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() >= libc::IFNAMSIZ {
+        return Err(missing());
+    }
+    // SAFETY: ifreq is plain C data, valid all-zero.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFINDEX reads the NUL-terminated name from and writes the index into the
+    // ifreq it is given, which lives across the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENODEV) => missing(),
+            _ => io(format!("looking up the index of {name}"))(e),
+        });
+    }
+    // SAFETY: SIOCGIFINDEX succeeded, so the union holds the index.
+    Ok(unsafe { req.ifr_ifru.ifru_ifindex } as u32)
 }
 
 /// The host veth's IPv6 sysctls, as upstream sets them before bringing it up: no router
@@ -630,21 +635,40 @@ fn host_end_reply(replies: &[RouteNetlinkMessage]) -> Option<(u32, Option<u32>)>
 /// has no such files (not an error). Written from the host netns (/proc/sys/net is the
 /// writer's netns).
 pub fn host_sysctls(host_veth: &str) -> Result<(), NetError> {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::Mode;
+    use std::io::Write;
+    let d = format!("/proc/sys/net/ipv6/conf/{host_veth}");
+    // The directory once, then each file by its name in it (one path walk, not three).
+    let dir = match openat(
+        nix::fcntl::AT_FDCWD,
+        d.as_str(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(f) => f,
+        Err(nix::errno::Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(io(d)(e.into())),
+    };
     for (k, val) in [
         ("accept_ra", "0"),
         ("accept_redirects", "1"),
         ("forwarding", "0"),
     ] {
-        let f = format!("/proc/sys/net/ipv6/conf/{host_veth}/{k}");
-        match std::fs::write(&f, val) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(f)(e)),
+        let written = openat(&dir, k, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(std::io::Error::from)
+            .and_then(|f| File::from(f).write_all(val.as_bytes()));
+        match written {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("{d}/{k}"))(e));
+            }
             _ => {}
         }
     }
     Ok(())
 }
 
-/// Creating the pair (host end here, peer in `ns`) and looking up the host end.
+/// Creating the pair (host end here, peer in `ns`).
 ///
 /// Both ends are created with one TX and one RX queue, the number a veth uses anyway. Without
 /// the counts the kernel allocates one queue per possible CPU and then trims the real count to
@@ -667,14 +691,11 @@ fn create_reqs(ns: &File, p: &Plan) -> Vec<Req> {
         .append_extra_attribute(LinkAttribute::NumRxQueues(1))
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
-    vec![
-        Req::new(
-            RouteNetlinkMessage::NewLink(veth),
-            CREATE,
-            "creating the veth pair",
-        ),
-        get_link(&p.host_veth),
-    ]
+    vec![Req::new(
+        RouteNetlinkMessage::NewLink(veth),
+        CREATE,
+        "creating the veth pair",
+    )]
 }
 
 /// Inside the pod, one batch: the interface up, `<ip>/32`, `169.254.1.1 scope link`,

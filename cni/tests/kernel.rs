@@ -75,6 +75,19 @@ fn assert_wired(w: &World, ip: &str, result: &Value, table: Option<u32>) {
     );
     assert_eq!(veth["mtu"], 1500);
     assert_eq!(veth["ifalias"], "c1/eth0", "tagged with its attachment");
+    // IPv6 on the host end as upstream sets it: no router advertisements from the pod.
+    for (k, want) in [
+        ("accept_ra", "0"),
+        ("accept_redirects", "1"),
+        ("forwarding", "0"),
+    ] {
+        let f = format!("/proc/sys/net/ipv6/conf/{VETH}/{k}");
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &w.host.0, "cat", &f])
+            .output()
+            .expect("ip netns exec");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "{f}");
+    }
     // One queue each way on both ends, allocated so (not trimmed after registration, which
     // waits for an RCU grace period under the RTNL lock).
     for (ns, dev) in [(&w.host, VETH), (&w.pod, "eth0")] {
@@ -127,8 +140,8 @@ fn assert_wired(w: &World, ip: &str, result: &Value, table: Option<u32>) {
             .expect("state")
             .contains(&json!("PERMANENT"))
     );
-    // ADD takes the pod end's index from the host end's IFLA_LINK, which the kernel leaves
-    // out when both ends have the same index (in their own netns each), and then looks it up.
+    // Each end's index is its own netns's: the host end names the pod end as its peer
+    // (IFLA_LINK, left out when the two indexes are equal).
     match veth.get("link_index") {
         Some(peer) => assert_eq!(peer, &eth0["ifindex"], "the host end's peer"),
         None => assert_eq!(veth["ifindex"], eth0["ifindex"], "same index, no IFLA_LINK"),
@@ -158,7 +171,7 @@ fn add_then_del_on_the_primary_eni() {
     assert_eq!(r["cniVersion"], "1.0.0");
     assert_wired(&w, "10.0.1.20", &r, None);
     assert_eq!(w.ipamd.calls(), vec![format!("add c1 eth0 {VETH}")]);
-    // Fresh namespaces: both ends got index 2, so this ADD looked the pod end up.
+    // Fresh namespaces: both ends got index 2 (ADD must not mix up the two sides' indexes).
     let idx = |ns: &Ns, dev: &str| ns.link(dev).expect("link")["ifindex"].clone();
     assert_eq!(idx(&w.host, VETH), idx(&w.pod, "eth0"));
 
@@ -214,8 +227,7 @@ fn add_then_del_on_the_primary_eni() {
 #[test]
 fn add_then_del_on_a_secondary_eni() {
     let w = world("sec", "10.0.2.33", 3);
-    // Two links on the host first: the host end's index is not the pod end's, so ADD takes
-    // the pod end's from the host end's IFLA_LINK.
+    // Two links on the host first: the host end's index is not the pod end's.
     sh(&[
         "ip", "-n", &w.host.0, "link", "add", "d1", "type", "veth", "peer", "name", "d2",
     ]);
