@@ -47,10 +47,12 @@ impl Imds {
         } else {
             format!("/latest/meta-data/{path}")
         };
-        // A connection reset or closed under a request is retried at once (twice): the SDK
-        // retries only 5xx and 401, so that a credentials chain off EC2 fails fast; a refused
-        // connection or a timeout still fails as fast as before.
-        let mut resets = 0;
+        // A connection reset or closed under a request is retried at once (twice), and a
+        // request that timed out once more: the SDK retries only 5xx and 401, so that a
+        // credentials chain off EC2 fails fast, but ipamd and the CSI node plugin cannot start
+        // without IMDS, and one stalled answer during a node's start must not stop them (seen in
+        // vpcsim while ipamd set up the same node). A refused connection still fails at once.
+        let (mut resets, mut timeouts) = (0, 0);
         loop {
             match self.client.get(full.clone()).await {
                 Ok(v) => return Ok(Some(v.into())),
@@ -60,6 +62,10 @@ impl Imds {
                 Err(e) if resets < 2 && connection_dropped(&e) => {
                     resets += 1;
                     tracing::debug!(path = %full, error = %e, "IMDS connection dropped; retrying");
+                }
+                Err(e) if timeouts < 1 && timed_out(&e) => {
+                    timeouts += 1;
+                    tracing::warn!(path = %full, error = %e, "IMDS did not answer in time; retrying");
                 }
                 Err(source) => {
                     return Err(Error::Request {
@@ -95,6 +101,25 @@ fn connection_dropped(e: &(dyn std::error::Error + 'static)) -> bool {
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>()
             && matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Did the request time out (a connect or read timeout somewhere in the error's source chain)?
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    use aws_smithy_runtime_api::client::result::ConnectorError;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<ConnectorError>()
+            .is_some_and(ConnectorError::is_timeout)
+            || err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
         {
             return true;
         }
@@ -167,6 +192,68 @@ mod tests {
         assert_eq!(got.as_deref(), Some("i-0123456789abcdef0"));
         let seen = server.join().expect("server");
         assert_eq!(seen[0], "reset");
+        assert!(seen[1].starts_with("PUT /latest/api/token"), "{seen:?}");
+        assert!(
+            seen[2].starts_with("GET /latest/meta-data/instance-id"),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_times_out_is_retried_once() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut held = Vec::new();
+            for (n, s) in l.incoming().enumerate() {
+                let Ok(mut s) = s else { break };
+                if stop_rx.try_recv().is_ok() {
+                    // The client is done (and woke this accept): a failed run ends here.
+                    return seen;
+                }
+                let line = request_line(&mut s);
+                if n == 0 {
+                    // Read the request and never answer (the client's read timeout fires).
+                    held.push(s);
+                    seen.push(format!("stalled {line}"));
+                    continue;
+                }
+                let body = if line.starts_with("PUT /latest/api/token") {
+                    "token-abc"
+                } else {
+                    "i-0123456789abcdef0"
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                seen.push(line);
+                if seen.len() == 3 {
+                    break;
+                }
+            }
+            // The stalled connection stays open until the client is done.
+            let _ = stop_rx.recv();
+            drop(held);
+            seen
+        });
+        let imds = Imds::new(Some(&format!("http://127.0.0.1:{port}"))).expect("client");
+        let got = imds.get("instance-id").await;
+        let _ = stop_tx.send(());
+        // Wakes the server if it still waits for a connection (a client that gave up).
+        let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+        let seen = server.join().expect("server");
+        assert_eq!(
+            got.expect("retried past the stall").as_deref(),
+            Some("i-0123456789abcdef0")
+        );
+        assert!(
+            seen[0].starts_with("stalled PUT /latest/api/token"),
+            "{seen:?}"
+        );
         assert!(seen[1].starts_with("PUT /latest/api/token"), "{seen:?}");
         assert!(
             seen[2].starts_with("GET /latest/meta-data/instance-id"),
