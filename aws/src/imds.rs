@@ -110,13 +110,17 @@ fn connection_dropped(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Did the request time out (a connect or read timeout somewhere in the error's source chain)?
+/// The SDK keeps its connector error for the token request, but unwraps it for a metadata GET,
+/// where only the timeout itself remains in the chain.
 fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    use aws_smithy_async::future::timeout::TimedOutError;
     use aws_smithy_runtime_api::client::result::ConnectorError;
     let mut cur = Some(e);
     while let Some(err) = cur {
         if err
             .downcast_ref::<ConnectorError>()
             .is_some_and(ConnectorError::is_timeout)
+            || err.is::<TimedOutError>()
             || err
                 .downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
@@ -200,7 +204,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_that_times_out_is_retried_once() {
+    async fn a_token_request_that_times_out_is_retried_once() {
+        stalled_request_is_retried(0).await;
+    }
+
+    #[tokio::test]
+    async fn a_metadata_request_that_times_out_is_retried_once() {
+        stalled_request_is_retried(1).await;
+    }
+
+    /// The server reads the `stall`-th request (0: the token PUT, 1: the metadata GET) and never
+    /// answers it; the client must retry and get the instance id.
+    async fn stalled_request_is_retried(stall: usize) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
@@ -214,7 +229,7 @@ mod tests {
                     return seen;
                 }
                 let line = request_line(&mut s);
-                if n == 0 {
+                if n == stall {
                     // Read the request and never answer (the client's read timeout fires).
                     held.push(s);
                     seen.push(format!("stalled {line}"));
@@ -250,15 +265,23 @@ mod tests {
             got.expect("retried past the stall").as_deref(),
             Some("i-0123456789abcdef0")
         );
-        assert!(
-            seen[0].starts_with("stalled PUT /latest/api/token"),
-            "{seen:?}"
-        );
-        assert!(seen[1].starts_with("PUT /latest/api/token"), "{seen:?}");
-        assert!(
-            seen[2].starts_with("GET /latest/meta-data/instance-id"),
-            "{seen:?}"
-        );
+        let want: &[&str] = if stall == 0 {
+            &[
+                "stalled PUT /latest/api/token",
+                "PUT /latest/api/token",
+                "GET /latest/meta-data/instance-id",
+            ]
+        } else {
+            &[
+                "PUT /latest/api/token",
+                "stalled GET /latest/meta-data/instance-id",
+                "GET /latest/meta-data/instance-id",
+            ]
+        };
+        assert_eq!(seen.len(), want.len(), "{seen:?}");
+        for (s, w) in seen.iter().zip(want) {
+            assert!(s.starts_with(w), "{seen:?}");
+        }
     }
 
     #[tokio::test]

@@ -183,8 +183,12 @@ pub async fn run(i: Install) -> anyhow::Result<()> {
         "vpc-cni installed"
     );
     if i.stay {
-        // Blocked by `block_stop_signals` before the runtime started; nothing else runs here.
-        let sig = stop_signals().wait()?;
+        // Blocked only now, so that SIGTERM and ^C still end the wait for ipamd above. This
+        // process has one thread (a current-thread runtime, no blocking pool), so no other
+        // thread can take the signal with its default action.
+        let stop = stop_signals();
+        stop.thread_block()?;
+        let sig = stop.wait()?;
         tracing::info!(signal = %sig, "stopping");
     }
     Ok(())
@@ -197,12 +201,6 @@ fn stop_signals() -> nix::sys::signal::SigSet {
     s.add(Signal::SIGTERM);
     s.add(Signal::SIGINT);
     s
-}
-
-/// Blocks SIGTERM and SIGINT in the calling thread (and the threads it starts afterwards), so
-/// that `--stay` can wait for them with sigwait. Call it before any other thread exists.
-pub fn block_stop_signals() -> nix::Result<()> {
-    stop_signals().thread_block()
 }
 
 #[cfg(test)]

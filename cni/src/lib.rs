@@ -82,6 +82,9 @@ pub fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (String, i3
     {
         Ok(rt) => rt,
         Err(e) => {
+            if let Some(s) = add_start {
+                s.abandon();
+            }
             return fail(CniError::new(
                 Code::Io,
                 format!("starting the runtime: {e}"),

@@ -56,12 +56,6 @@ pub extern "C" fn main(
 fn cli_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     nodewire_cni::log::Logger::new(tracing::Level::INFO, Box::new(std::io::stderr())).install();
-    let Cmd::Install(i) = &cli.cmd;
-    if i.stay {
-        // Before any thread exists, so that every thread inherits the mask: `--stay` ends on
-        // SIGTERM/SIGINT taken with sigwait, never by the signal's default action.
-        nodewire_cni::install::block_stop_signals()?;
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -5,9 +5,10 @@
 //! directly in the pod netns (`IFLA_NET_NS_FD`), so nothing is moved between namespaces (a move
 //! costs ~19 ms of rtnl/RCU time; the whole ADD here is well under a millisecond of netlink).
 //! ADD sends its requests in batches ([`Batch`]): one datagram per step, which the kernel runs
-//! in order and answers message by message, so the wiring costs three round trips, not
-//! sixteen. The first (creating the veth pair) is sent from a thread of its own
-//! ([`start_veth`]), so the kernel's work on it overlaps the ipamd call on the runtime's thread.
+//! in order, reporting each failure and acknowledging the last request, so the wiring costs
+//! two round trips, not sixteen: the veth pair, sent from a thread of its own ([`start_veth`])
+//! so the kernel's work on it overlaps the ipamd call on the runtime's thread; then the pod
+//! side and the host side, in flight together ([`Pair::wire`]).
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -183,7 +184,8 @@ pub struct Sent {
 /// The answers to a batch: each request's replies, in request order.
 pub type Made = Vec<Vec<RouteNetlinkMessage>>;
 
-/// The largest answer a batch reads; a look-up of one link is ~1.5 KiB, an ACK 36 bytes.
+/// The largest answer a batch reads: an ACK or error is 36 bytes plus, for an error, the
+/// request (capped); a link look-up ([`get_link`], tests and the odd caller) ~1.5 KiB.
 const ANSWER_BUF: usize = 32 * 1024;
 
 impl Batch {

@@ -99,6 +99,16 @@ pub struct AddStart {
     t0: std::time::Instant,
 }
 
+impl AddStart {
+    /// ADD ends before it could ask ipamd (the runtime did not start): waits for the veth
+    /// thread and deletes whatever pair it made.
+    pub fn abandon(self) {
+        if let Ok(mut pair) = futures::executor::block_on(self.veth.wait()) {
+            let _ = pair.delete(&self.plan);
+        }
+    }
+}
+
 pub fn start_add(env: &Env, conf: &NetConf) -> Result<AddStart, CniError> {
     let t0 = std::time::Instant::now();
     let (host_mac, pod_mac) = random_macs()?;
@@ -178,7 +188,7 @@ async fn add(env: &Env, conf: &NetConf, start: AddStart) -> Result<Value, CniErr
     let wired = made.and_then(|mut pair| pair.wire(ip, table, &plan).map(|()| pair));
     match wired {
         Ok(pair) => {
-            tracing::debug!(?t_ask, t_veth = ?pair.made_at, total = ?t0.elapsed(), "ADD timings (since the netns was opened: address, veth, all)");
+            tracing::debug!(?t_ask, t_veth = ?pair.made_at, total = ?t0.elapsed(), "ADD timings (since ADD began: address, veth, all)");
             tracing::info!(%ip, table, veth = %host_veth, container = %env.container_id, "ADD");
             let w = Wired {
                 host_veth: host_veth.clone(),

@@ -227,16 +227,21 @@ impl Writer {
             serde_json::to_writer(&mut body, &cd).map_err(|e| err(io::Error::other(e)))?;
         }
         body.push(b'}');
-        if self.dir.is_none() {
-            self.dir = Some(open_dir(&self.path).map_err(err)?);
-        }
-        let written = match &self.dir {
-            Some(d) => write_in(&self.path, d, &body),
-            None => Ok(()),
-        };
-        if written.is_err() {
-            // The directory may have gone: the next write opens (and creates) it again.
-            self.dir = None;
+        let mut written = Err(io::Error::from(io::ErrorKind::NotFound));
+        for _ in 0..2 {
+            let dir = match self.dir.take() {
+                Some(d) => d,
+                None => open_dir(&self.path).map_err(err)?,
+            };
+            written = write_in(&self.path, &dir, &body);
+            match &written {
+                // The directory was removed since the last write: once more, recreated.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                // Kept only after a good write (a failed one may mean the directory changed).
+                Ok(()) => self.dir = Some(dir),
+                Err(_) => {}
+            }
+            break;
         }
         written.map_err(err)
     }
@@ -435,6 +440,20 @@ mod tests {
         );
         d.release(&Key::new("aws-cni", "c3", "eth0"), 41_000);
         assert!(same(&d, 41_000).contains("cooldowns"));
+    }
+
+    #[test]
+    fn the_writer_recreates_a_directory_removed_between_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("sub/ipam.json");
+        let d = ds();
+        let mut w = Writer::new(&p);
+        w.write(&d, 1_000).expect("first");
+        fs::remove_dir_all(dir.path().join("sub")).expect("rm");
+        w.write(&d, 2_000)
+            .expect("second, after the directory went");
+        let cp = read(&p).expect("read").expect("written");
+        assert_eq!(cp.version, VERSION);
     }
 
     #[test]
