@@ -155,6 +155,20 @@ mod tests {
             .to_string()
     }
 
+    /// Answers a token PUT with a token, anything else with an instance id.
+    fn answer(s: &mut std::net::TcpStream, line: &str) {
+        let body = if line.starts_with("PUT /latest/api/token") {
+            "token-abc"
+        } else {
+            "i-0123456789abcdef0"
+        };
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+
     #[tokio::test]
     async fn a_reset_connection_is_retried() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -171,16 +185,7 @@ mod tests {
                     continue;
                 }
                 let line = request_line(&mut s);
-                let body = if line.starts_with("PUT /latest/api/token") {
-                    "token-abc"
-                } else {
-                    "i-0123456789abcdef0"
-                };
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                answer(&mut s, &line);
                 seen.push(line);
                 if seen.len() == 3 {
                     break;
@@ -235,16 +240,7 @@ mod tests {
                     seen.push(format!("stalled {line}"));
                     continue;
                 }
-                let body = if line.starts_with("PUT /latest/api/token") {
-                    "token-abc"
-                } else {
-                    "i-0123456789abcdef0"
-                };
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                answer(&mut s, &line);
                 seen.push(line);
                 if seen.len() == 3 {
                     break;

@@ -475,12 +475,11 @@ pub struct Plan {
     pub mtu: u32,
 }
 
-/// The veth pair, created; `pod_mac` is the pod end's MAC.
+/// The veth pair, created: each end's index in its own netns (the MACs are the plan's).
 #[derive(Debug, Clone)]
 pub struct Veth {
     pub host_index: u32,
     pub pod_index: u32,
-    pub pod_mac: Vec<u8>,
 }
 
 /// The veth pair being made on a thread of its own ([`start_veth`]).
@@ -599,7 +598,6 @@ fn make_pair_on(
     let veth = Veth {
         host_index,
         pod_index,
-        pod_mac: p.pod_mac.to_vec(),
     };
     Ok((veth, pod))
 }

@@ -194,7 +194,7 @@ async fn add(env: &Env, conf: &NetConf, start: AddStart) -> Result<Value, CniErr
                 host_veth: host_veth.clone(),
                 host_mac: spec::mac_string(&plan.host_mac),
                 pod_ifname: env.ifname.clone(),
-                pod_mac: spec::mac_string(&pair.veth.pod_mac),
+                pod_mac: spec::mac_string(&plan.pod_mac),
                 netns: env.netns.clone(),
                 ip,
                 mtu: conf.mtu,

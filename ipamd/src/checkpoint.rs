@@ -94,7 +94,7 @@ fn cooldowns(ds: &Datastore, now_ms: u64) -> Vec<Cooldown> {
         .collect()
 }
 
-/// One allocation as written, borrowed from the datastore; serialises exactly as
+/// One allocation as [`Writer`] writes it, borrowed from the datastore; serialises exactly as
 /// [`Allocation`] (same fields, same order).
 #[derive(Serialize)]
 struct AllocationRef<'a> {
@@ -110,39 +110,11 @@ struct AllocationRef<'a> {
     metadata: &'a PodMeta,
 }
 
-/// [`Checkpoint::of`] as written by [`write_datastore`]: the same JSON, without copying every
-/// allocation first (this runs on every ADD and DEL, under ipamd's state lock).
-#[derive(Serialize)]
-struct CheckpointRef<'a> {
-    version: &'static str,
-    allocations: Vec<AllocationRef<'a>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    cooldowns: Vec<Cooldown>,
-}
-
-fn view(ds: &Datastore, now_ms: u64) -> CheckpointRef<'_> {
-    CheckpointRef {
-        version: VERSION,
-        allocations: ds
-            .allocations_ref()
-            .map(|(key, metadata, ipv4, since_ms)| AllocationRef {
-                network: &key.network,
-                container: &key.container,
-                ifname: &key.ifname,
-                ipv4,
-                allocated_ns: since_ms * 1_000_000,
-                metadata,
-            })
-            .collect(),
-        cooldowns: cooldowns(ds, now_ms),
-    }
-}
-
 /// Writes the datastore's checkpoint ([`Checkpoint::of`]) on every change, keeping what makes
 /// that cheap between writes: each allocation's JSON (ipamd writes the whole file on every
 /// ADD and DEL, under its state lock, and at 200 pods re-serialising every allocation was most
 /// of an ADD's checkpoint cost) and the directory's handle, for its fsync. Same bytes as
-/// [`write_datastore`].
+/// [`write`] of [`Checkpoint::of`].
 pub struct Writer {
     path: PathBuf,
     /// Opened (and created) on the first write; dropped after a failed one.
@@ -245,18 +217,6 @@ impl Writer {
         }
         written.map_err(err)
     }
-}
-
-/// Writes the datastore's checkpoint ([`Checkpoint::of`]) atomically.
-pub fn write_datastore(path: &Path, ds: &Datastore, now_ms: u64) -> Result<(), Error> {
-    let v = view(ds, now_ms);
-    // ~200 bytes an allocation: one allocation of the buffer, not a dozen regrowths.
-    let mut body = Vec::with_capacity(256 + 224 * v.allocations.len() + 64 * v.cooldowns.len());
-    serde_json::to_writer(&mut body, &v).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: io::Error::other(e),
-    })?;
-    write_bytes(path, &body)
 }
 
 /// Writes the checkpoint atomically: a reader sees the old file or the new one, never a mix.
@@ -386,23 +346,21 @@ mod tests {
     }
 
     #[test]
-    fn borrowed_writer_writes_the_same_bytes_as_the_owned_checkpoint() {
+    fn the_writer_writes_the_same_bytes_as_the_owned_checkpoint() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        let a = dir.path().join("a.json");
         let c = dir.path().join("sub/c.json");
         let writer = std::cell::RefCell::new(Writer::new(&c));
         let same = |d: &Datastore, now: u64| {
             write(&a, &Checkpoint::of(d, now)).expect("owned");
-            write_datastore(&b, d, now).expect("borrowed");
-            let (x, y) = (fs::read(&a).expect("a"), fs::read(&b).expect("b"));
-            assert_eq!(String::from_utf8_lossy(&x), String::from_utf8_lossy(&y));
+            let x = String::from_utf8_lossy(&fs::read(&a).expect("a")).to_string();
             // The caching writer, fresh and after earlier writes, writes the same bytes.
             for w in [&mut Writer::new(&c), &mut *writer.borrow_mut()] {
                 w.write(d, now).expect("cached");
                 let z = fs::read(&c).expect("c");
-                assert_eq!(String::from_utf8_lossy(&x), String::from_utf8_lossy(&z));
+                assert_eq!(x, String::from_utf8_lossy(&z));
             }
-            String::from_utf8_lossy(&y).to_string()
+            x
         };
         let mut d = ds();
         // A host veth name that needs escaping, and none (the field is then left out).
